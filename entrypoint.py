@@ -1,0 +1,110 @@
+"""Command line of the job: each command maps to one stage function.
+
+    python entrypoint.py config show --config configs/demo.yaml train.learning_rate=2e-4
+    python entrypoint.py data check --config configs/demo.yaml
+    python entrypoint.py model fetch --config configs/demo.yaml
+
+Errors a user can cause print one line and exit 2 (config/data) or 3 (model/resource); see README "Exit codes".
+Heavy imports (torch, transformers) happen inside commands so that --help and config errors are instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import click
+import yaml
+
+from pipeline.config import load_config, to_dict
+from pipeline.errors import UserError
+
+log = logging.getLogger("entrypoint")
+
+
+def config_args(command):
+    """--config PATH plus any number of dotted overrides (section.key=value) as arguments."""
+    command = click.argument("overrides", nargs=-1, metavar="[SECTION.KEY=VALUE]...")(command)
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                        help="YAML config; without it the built-in defaults (the embedded demo) apply.")(command)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """LoRA fine-tuning of Gemma 3 on Korean Socratic questions, with an offline evaluation harness."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the resolved configuration."""
+
+
+@config_group.command("show")
+@config_args
+def config_show(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Print the resolved config (file + overrides) as YAML."""
+    cfg = load_config(config_path, overrides)
+    click.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), nl=False)
+
+
+@cli.group("data")
+def data_group() -> None:
+    """Validate datasets."""
+
+
+@data_group.command("check")
+@config_args
+def data_check(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Validate every split and print its size and question-type counts."""
+    from pipeline import data, models
+
+    cfg = load_config(config_path, overrides)
+    token = models.hf_token(cfg.model)
+    splits = {split: data.load_split(cfg.data, split, token) for split in data.SPLITS}
+    for split, dataset in splits.items():
+        counts = ", ".join(f"{label} {n}" for label, n in data.label_counts(dataset).most_common())
+        click.echo(f"{split:<10} {len(dataset):>7} rows   {counts}")
+    data.warn_on_overlap(splits)
+
+
+@cli.group("model")
+def model_group() -> None:
+    """Prepare model sources."""
+
+
+@model_group.command("fetch")
+@config_args
+def model_fetch(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Make model.source loadable: convert the embedded model once (then reuse it), or fetch/check a local or Hub
+    model's config and tokenizer."""
+    from pipeline import models
+
+    cfg = load_config(config_path, overrides)
+    started = time.perf_counter()
+    source = models.resolve_source(cfg.model)
+    if not cfg.model.source.startswith("embedded:"):
+        models.load_tokenizer(cfg.model, source)
+    click.echo(f"model ready: {source} ({time.perf_counter() - started:.1f} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="entrypoint.py", standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

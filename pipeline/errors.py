@@ -1,0 +1,32 @@
+"""Errors a user can cause, each with the exit code the CLI returns for it.
+
+Exit codes (documented in README): 0 ok, 1 regression found by `compare`, 2 bad config or data,
+3 model or resource problem, 130/143 interrupted.
+"""
+
+
+class UserError(Exception):
+    """A problem the user can fix; the CLI prints the message on one line and exits with `exit_code`."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    exit_code = 2
+
+
+class DataError(UserError):
+    exit_code = 2
+
+
+class ResourceError(UserError):
+    """Missing model, unreachable Hub, unusable checkpoint, disk full: resource problems."""
+
+    exit_code = 3
+
+
+def is_offline_error(exc: BaseException) -> bool:
+    """True when a Hub call failed because there is no network (or HF_HUB_OFFLINE=1), not because of a bad id."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in ("offline", "connection", "couldn't reach", "name or service",
+                                         "network", "max retries", "timed out", "localentrynotfound"))

@@ -1,0 +1,65 @@
+"""The one prompt template, used by both training and generation.
+
+The tutorial trained on "### context: {input}\\n### question: {target}" but prompted with an extra blank line
+("\\n\\n### question: "), so the model was asked a question in a layout it had never seen. Here the layout exists
+once: training text is exactly prompt + completion, and generation tokenizes exactly the prompt.
+
+plain: the tutorial's layout, for base models.
+chat:  the same text as the user turn of the tokenizer's chat template, for instruction-tuned models
+       (Gemma 3 -it ends its turn with <end_of_turn>).
+"""
+
+from __future__ import annotations
+
+from pipeline.errors import ConfigError
+
+PROMPT_TEMPLATE = "### context: {input}\n### question:"
+
+
+def prompt_text(input_text: str) -> str:
+    return PROMPT_TEMPLATE.format(input=input_text)
+
+
+def completion_text(target: str) -> str:
+    # The space belongs to the completion so that the prompt ends on a token boundary (":").
+    return " " + target
+
+
+def sft_example(input_text: str, target: str, fmt: str) -> dict:
+    """A prompt/completion pair for TRL: the loss falls on the completion only.
+
+    For plain text TRL appends the tokenizer's EOS to the completion; for chat the template closes the turn.
+    """
+    if fmt == "chat":
+        return {"prompt": [{"role": "user", "content": prompt_text(input_text)}],
+                "completion": [{"role": "assistant", "content": target}]}
+    return {"prompt": prompt_text(input_text), "completion": completion_text(target)}
+
+
+def generation_prompt_ids(tokenizer, input_text: str, fmt: str) -> list[int]:
+    """Token ids of the prompt exactly as training saw it (TRL tokenizes the prompt the same way)."""
+    if fmt == "chat":
+        messages = [{"role": "user", "content": prompt_text(input_text)}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return tokenizer(prompt_text(input_text))["input_ids"]
+
+
+def fit_input(tokenizer, input_text: str, fmt: str, max_prompt_tokens: int) -> tuple[str, bool]:
+    """Cuts the input from its left end until the whole prompt fits; the "### question:" suffix stays intact.
+
+    Returns the (possibly shortened) input and whether it was cut. The start of a long argument is the part a
+    question is least likely to be about, and the end of the prompt is what the model continues from.
+    """
+    overflow = len(generation_prompt_ids(tokenizer, input_text, fmt)) - max_prompt_tokens
+    if overflow <= 0:
+        return input_text, False
+    input_ids = tokenizer(input_text, add_special_tokens=False)["input_ids"]
+    cut = overflow
+    while cut < len(input_ids):
+        shortened = tokenizer.decode(input_ids[cut:]).lstrip()
+        if len(generation_prompt_ids(tokenizer, shortened, fmt)) <= max_prompt_tokens:
+            return shortened, True
+        cut += 1  # decoding and re-encoding can merge tokens differently; step until it fits
+    raise ConfigError(f"max_prompt_tokens={max_prompt_tokens} leaves no room for the input: the template alone "
+                     f"takes {len(generation_prompt_ids(tokenizer, '', fmt))} tokens")

@@ -1,0 +1,66 @@
+"""Shared fixtures: the real Gemma tokenizer (from the embedded conversion) and a tiny random Gemma 3.
+
+Tests never touch the network: the Hub is switched off before transformers/datasets are imported.
+"""
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def korean_rows(n: int, start: int = 0) -> list[dict]:
+    """Small distinct Korean rows in the dataset's shape."""
+    labels = ["의미 명확히 하기", "가정 살펴보기", "이유와 근거 묻기", "함의와 결과 따져보기", "다른 관점 생각하기"]
+    return [{"input": f"주장 {i}번: 대중교통 요금을 낮추면 도시가 더 깨끗해진다. 차를 타는 사람이 줄기 때문이다.",
+             "target": f"({labels[i % 5]}) {i}번 주장에서 말하는 깨끗함은 무엇을 뜻하나요?"}
+            for i in range(start, start + n)]
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The embedded Gemma 3 270M, converted once into the user cache (reused across sessions)."""
+    from pipeline.config import ModelConfig
+    from pipeline.models import ensure_embedded_model
+
+    return ensure_embedded_model(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer(embedded_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, gemma_tokenizer) -> Path:
+    """A 2-layer, hidden-64 Gemma 3 with random weights and the real 262k tokenizer, saved as a local model dir."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(gemma_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=2048,
+        sliding_window=512, pad_token_id=gemma_tokenizer.pad_token_id, eos_token_id=gemma_tokenizer.eos_token_id,
+        bos_token_id=gemma_tokenizer.bos_token_id, tie_word_embeddings=True,
+    )
+    model = Gemma3ForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-gemma3")
+    model.save_pretrained(path, safe_serialization=True)
+    gemma_tokenizer.save_pretrained(path)
+    return path

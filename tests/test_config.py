@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from entrypoint import main
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_there_are_shipped_configs():
+    names = {p.name for p in SHIPPED}
+    assert {"demo.yaml", "gemma3-1b-korean-socratic.yaml", "gemma3-1b-korean-socratic-full.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_config_parses_and_starts_with_its_command(path: Path):
+    first_line = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first_line.startswith("# python entrypoint.py ")
+    assert f"--config configs/{path.name}" in first_line
+    load_config(path)
+
+
+def test_1b_config_is_the_tutorial_run_with_bugs_fixed():
+    cfg = load_config(ROOT / "configs/gemma3-1b-korean-socratic.yaml")
+    assert cfg.model.source == "google/gemma-3-1b-it" and cfg.model.dtype == "bfloat16"
+    assert cfg.data.source == "JosephLee/korean-socratic-qa"
+    assert cfg.data.max_train_samples == 1000 and cfg.data.max_eval_samples is None
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 32, 0.05)
+    assert cfg.lora.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert cfg.train.learning_rate == 1e-4 and cfg.train.per_device_train_batch_size == 4
+    assert cfg.train.num_train_epochs == 1 and cfg.train.optim == "adamw_torch" and cfg.train.logging_steps == 10
+    full = load_config(ROOT / "configs/gemma3-1b-korean-socratic-full.yaml")
+    assert full.data.max_train_samples is None
+    assert full.lora == cfg.lora and full.model == cfg.model
+
+
+def test_overrides_are_typed():
+    cfg = load_config(ROOT / "configs/demo.yaml", [
+        "train.learning_rate=2e-4", "lora.target_modules=[q_proj,v_proj]", "data.max_eval_samples=5",
+        "train.gradient_checkpointing=true", "data.max_train_samples=null", "output.dir=/tmp/x",
+    ])
+    assert cfg.train.learning_rate == pytest.approx(2e-4)
+    assert cfg.lora.target_modules == ("q_proj", "v_proj")
+    assert cfg.data.max_eval_samples == 5 and cfg.data.max_train_samples is None
+    assert cfg.train.gradient_checkpointing is True
+    assert cfg.output.dir == "/tmp/x"
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.lerning_rate=1", "train.lerning_rate"),
+    ("trian.learning_rate=1", "trian.learning_rate"),
+    ("lora.r=abc", "lora.r"),
+    ("lora.r=1.5", "lora.r"),
+    ("train.gradient_checkpointing=yes please", "train.gradient_checkpointing"),
+    ("prompt.format=markdown", "prompt.format"),
+    ("lora.target_modules=[1,2]", "lora.target_modules[0]"),
+    ("train=3", "train"),
+    ("generate.batch_size=0", "generate.batch_size"),
+])
+def test_bad_override_exits_2_naming_the_key(override, named, capsys):
+    assert main(["config", "show", "--config", str(ROOT / "configs/demo.yaml"), override]) == 2
+    err = capsys.readouterr().err
+    assert named in err and err.count("\n") == 1
+
+
+def test_config_show_prints_the_override(capsys):
+    assert main(["config", "show", "--config", str(ROOT / "configs/demo.yaml"), "train.learning_rate=2e-4"]) == 0
+    assert "learning_rate: 0.0002" in capsys.readouterr().out
+
+
+def test_unknown_key_and_wrong_type_in_yaml_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  learning_rate: 1.0e-4\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        load_config(bad)
+    bad.write_text("lora:\n  r: sixteen\n")
+    with pytest.raises(ConfigError, match=r"lora\.r"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_fp16_with_gemma3_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="overflow"):
+        load_config(ROOT / "configs/gemma3-1b-korean-socratic.yaml", ["model.dtype=float16"])

@@ -1,0 +1,105 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from entrypoint import main
+from pipeline import models
+from pipeline.config import ModelConfig
+from pipeline.errors import ResourceError
+
+KOREAN = "(다른 관점 생각하기) 아무것도 없는 나라들은 어떻습니까? ### context: 무역은 제로섬이 아니다."
+
+
+def test_embedded_conversion_round_trips(embedded_dir, tmp_path):
+    """The cached safetensors equal the GGUF's dequantized weights, and the tokenizers agree."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = models.assemble_embedded_gguf(tmp_path)
+    from_gguf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf.name, dtype=torch.float32)
+    reloaded = models.load_model(ModelConfig(), str(embedded_dir))
+    assert sorted(os.listdir(embedded_dir)) == sorted(
+        ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
+    expected, actual = from_gguf.state_dict(), reloaded.state_dict()
+    assert expected.keys() == actual.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, actual[name]), name
+    assert sum(p.numel() for p in reloaded.parameters()) == 268_098_176
+    gguf_tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf.name)
+    saved_tokenizer = models.load_tokenizer(ModelConfig(), str(embedded_dir))
+    assert gguf_tokenizer(KOREAN)["input_ids"] == saved_tokenizer(KOREAN)["input_ids"]
+    assert (saved_tokenizer.pad_token, saved_tokenizer.eos_token) == ("<pad>", "<eos>")
+
+
+def test_interrupted_conversion_leaves_no_half_model(tmp_path, monkeypatch):
+    def interrupted(folder):
+        (folder / "partial.gguf").parent.mkdir(parents=True, exist_ok=True)
+        (folder / "partial.gguf").write_bytes(b"GGUF" + b"\0" * 1000)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "assemble_embedded_gguf", interrupted)
+    cfg = ModelConfig(cache_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        models.ensure_embedded_model(cfg)
+    assert list((tmp_path / "embedded").iterdir()) == []
+
+
+def test_converted_model_is_reused_without_loading_anything(embedded_dir):
+    result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "entrypoint.py"), "model", "fetch"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert str(embedded_dir) in result.stdout
+    assert "transformers" not in result.stderr and "torch" not in result.stderr  # no heavy import at all
+
+
+def test_local_model_directory_loads_with_safetensors_only(tiny_model_dir, tmp_path):
+    model = models.load_model(ModelConfig(source=str(tiny_model_dir)))
+    assert model.config.num_hidden_layers == 2 and model.dtype == torch.float32
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises(ResourceError, match="cannot load the model from"):
+        models.load_model(ModelConfig(source=str(pickled)))
+
+
+def test_missing_model_path_exits_3_naming_it(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    assert main(["model", "fetch", f"model.source={missing}"]) == 3
+    assert f"model path {missing} does not exist" in capsys.readouterr().err
+
+
+def test_hub_id_offline_says_so_and_never_shows_the_token(tmp_path):
+    token = "hf_FAKEtokenDoNotLeak1234567890"
+    env = {**os.environ, "HF_TOKEN": token, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "entrypoint.py", "-v", "model", "fetch",
+                             "model.source=google/gemma-3-1b-it"], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert result.returncode == 3
+    assert "offline" in result.stderr and "local directory" in result.stderr
+    for fragment in (token, token[3:], token[-8:]):
+        assert fragment not in result.stdout + result.stderr
+
+
+def test_token_sources(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "from-env")
+    assert models.hf_token(ModelConfig()) == "from-env"
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    assert models.hf_token(ModelConfig(token_file=str(token_file))) == "from-file"
+    monkeypatch.setenv("HF_TOKEN_FILE", str(token_file))
+    assert models.hf_token(ModelConfig()) == "from-file"
+    with pytest.raises(ResourceError, match="cannot read the Hub token file"):
+        models.hf_token(ModelConfig(token_file=str(tmp_path / "missing")))
+
+
+def test_cache_dir_follows_hf_home_and_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert models.cache_root(ModelConfig()) == tmp_path / "xdg" / "socratic-lora"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert models.cache_root(ModelConfig()) == tmp_path / "hf" / "socratic-lora"
+    assert models.cache_root(ModelConfig(cache_dir=str(tmp_path / "mine"))) == tmp_path / "mine"
