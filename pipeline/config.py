@@ -173,6 +173,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be > 0, got {value}")
     if not 0.0 <= cfg.lora.dropout < 1.0:
         raise ConfigError(f"lora.dropout must be in [0, 1), got {cfg.lora.dropout}")
+    if not 0.0 <= cfg.train.warmup_ratio < 1.0:
+        raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {cfg.train.warmup_ratio}")
     if not cfg.lora.target_modules:
         raise ConfigError("lora.target_modules must name at least one module")
     for key in ("max_train_samples", "max_eval_samples"):

@@ -4,6 +4,9 @@ The tutorial trained on "### context: {input}\\n### question: {target}" but prom
 ("\\n\\n### question: "), so the model was asked a question in a layout it had never seen. Here the layout exists
 once: training text is exactly prompt + completion, and generation tokenizes exactly the prompt.
 
+The training example is tokenized here too (prompt ids + completion ids), not by TRL, so its prompt part is
+generation_prompt_ids() itself.
+
 plain: the tutorial's layout, for base models.
 chat:  the same text as the user turn of the tokenizer's chat template, for instruction-tuned models
        (Gemma 3 -it ends its turn with <end_of_turn>).
@@ -25,24 +28,34 @@ def completion_text(target: str) -> str:
     return " " + target
 
 
-def sft_example(input_text: str, target: str, fmt: str) -> dict:
-    """A prompt/completion pair for TRL: the loss falls on the completion only.
-
-    For plain text TRL appends the tokenizer's EOS to the completion; for chat the template closes the turn.
-    """
-    if fmt == "chat":
-        return {"prompt": [{"role": "user", "content": prompt_text(input_text)}],
-                "completion": [{"role": "assistant", "content": target}]}
-    return {"prompt": prompt_text(input_text), "completion": completion_text(target)}
-
-
 def generation_prompt_ids(tokenizer, input_text: str, fmt: str) -> list[int]:
     """Token ids of the prompt exactly as training saw it (TRL tokenizes the prompt the same way)."""
     if fmt == "chat":
         messages = [{"role": "user", "content": prompt_text(input_text)}]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
     return tokenizer(prompt_text(input_text))["input_ids"]
+
+
+def training_ids(tokenizer, input_text: str, target: str, fmt: str) -> dict[str, list[int]]:
+    """Token ids of one training example and its completion mask (1 = in the loss).
+
+    The prompt part is generation_prompt_ids() itself, so training and generation see the same tokens by
+    construction. plain: the completion ends with the tokenizer's EOS, in the loss, so the model learns to stop.
+    chat: the template closes the assistant turn (<end_of_turn> for Gemma), also in the loss.
+    """
+    prompt_ids = generation_prompt_ids(tokenizer, input_text, fmt)
+    if fmt == "chat":
+        messages = [{"role": "user", "content": prompt_text(input_text)}, {"role": "assistant", "content": target}]
+        full = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
+        if full[: len(prompt_ids)] != prompt_ids:
+            raise ConfigError("prompt.format=chat: this tokenizer's chat template renders the prompt differently "
+                              "alone than followed by the answer; use prompt.format=plain")
+        completion_ids = full[len(prompt_ids):]
+    else:
+        completion_ids = tokenizer(completion_text(target), add_special_tokens=False)["input_ids"]
+        completion_ids = completion_ids + [tokenizer.eos_token_id]
+    return {"input_ids": prompt_ids + completion_ids,
+            "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)}
 
 
 def fit_input(tokenizer, input_text: str, fmt: str, max_prompt_tokens: int) -> tuple[str, bool]:
@@ -63,3 +76,8 @@ def fit_input(tokenizer, input_text: str, fmt: str, max_prompt_tokens: int) -> t
         cut += 1  # decoding and re-encoding can merge tokens differently; step until it fits
     raise ConfigError(f"max_prompt_tokens={max_prompt_tokens} leaves no room for the input: the template alone "
                      f"takes {len(generation_prompt_ids(tokenizer, '', fmt))} tokens")
+
+
+def _ids(encoded) -> list[int]:
+    # apply_chat_template(tokenize=True) returns a BatchEncoding in transformers 5, a list in 4.x.
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)

@@ -12,30 +12,38 @@ INPUT = "재택근무는 생산성을 높인다. 출퇴근 시간이 사라지�
 TARGET = "(이유와 근거 묻기) 생산성이 높아졌다는 근거는 무엇인가요?"
 
 
-def test_training_text_is_exactly_prompt_plus_completion():
-    example = prompt.sft_example(INPUT, TARGET, "plain")
-    assert example["prompt"] + example["completion"] == f"### context: {INPUT}\n### question: {TARGET}"
-    assert example["prompt"] == prompt.prompt_text(INPUT)
+def test_training_text_is_exactly_prompt_plus_completion_plus_eos(gemma_tokenizer):
+    example = prompt.training_ids(gemma_tokenizer, INPUT, TARGET, "plain")
+    text = gemma_tokenizer.decode(example["input_ids"])
+    assert text == f"<bos>### context: {INPUT}\n### question: {TARGET}<eos>"
+    assert prompt.prompt_text(INPUT) + prompt.completion_text(TARGET) == f"### context: {INPUT}\n### question: {TARGET}"
 
 
-def test_plain_generation_prompt_is_the_prefix_of_the_training_tokens(gemma_tokenizer):
-    example = prompt.sft_example(INPUT, TARGET, "plain")
-    full = gemma_tokenizer(example["prompt"] + example["completion"])["input_ids"]
-    ids = prompt.generation_prompt_ids(gemma_tokenizer, INPUT, "plain")
-    assert ids[0] == gemma_tokenizer.bos_token_id
-    assert full[: len(ids)] == ids and len(full) > len(ids)
+def test_plain_training_prompt_ids_are_the_generation_prompt_ids(gemma_tokenizer):
+    example = prompt.training_ids(gemma_tokenizer, INPUT, TARGET, "plain")
+    prompt_part = [t for t, m in zip(example["input_ids"], example["completion_mask"]) if m == 0]
+    completion = [t for t, m in zip(example["input_ids"], example["completion_mask"]) if m == 1]
+    assert prompt_part == prompt.generation_prompt_ids(gemma_tokenizer, INPUT, "plain")
+    assert prompt_part[0] == gemma_tokenizer.bos_token_id
+    assert completion[-1] == gemma_tokenizer.eos_token_id and gemma_tokenizer.eos_token_id not in completion[:-1]
+    assert example["completion_mask"] == sorted(example["completion_mask"])  # prompt first, then completion
+    # Tokenizing prompt and completion apart gives the tokens the model continues from at inference; they equal
+    # tokenizing the whole training text, so nothing is split differently at the boundary.
+    assert gemma_tokenizer(prompt.prompt_text(INPUT) + prompt.completion_text(TARGET))["input_ids"] == (
+        example["input_ids"][:-1])
 
 
-def test_chat_generation_prompt_is_the_prefix_of_the_training_tokens(gemma_tokenizer):
+def test_chat_training_prompt_ids_are_the_generation_prompt_ids(gemma_tokenizer):
     tokenizer = gemma_tokenizer.__class__.from_pretrained(gemma_tokenizer.name_or_path)
     tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
-    example = prompt.sft_example(INPUT, TARGET, "chat")
-    full = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
-    full = list(full["input_ids"] if hasattr(full, "keys") else full)
+    example = prompt.training_ids(tokenizer, INPUT, TARGET, "chat")
     ids = prompt.generation_prompt_ids(tokenizer, INPUT, "chat")
-    assert full[: len(ids)] == ids
+    n_prompt = example["completion_mask"].count(0)
+    assert example["input_ids"][:n_prompt] == ids
     assert tokenizer.decode(ids).endswith("<start_of_turn>model\n")
     assert prompt.prompt_text(INPUT) in tokenizer.decode(ids)
+    completion = tokenizer.decode(example["input_ids"][n_prompt:])
+    assert completion == f"{TARGET}<end_of_turn>\n"
 
 
 def test_long_inputs_are_cut_from_the_left_keeping_the_question_suffix(gemma_tokenizer):
