@@ -3,6 +3,8 @@
     python entrypoint.py config show --config configs/demo.yaml train.learning_rate=2e-4
     python entrypoint.py data check --config configs/demo.yaml
     python entrypoint.py model fetch --config configs/demo.yaml
+    python entrypoint.py run --config configs/demo.yaml          # train -> generate -> score
+    python entrypoint.py compare --baseline A.json --candidate B.json --max-drop rougeL=0.01,bleu=0.5
 
 Errors a user can cause print one line and exit 2 (config/data) or 3 (model/resource); see README "Exit codes".
 Heavy imports (torch, transformers) happen inside commands so that --help and config errors are instant.
@@ -10,15 +12,17 @@ Heavy imports (torch, transformers) happen inside commands so that --help and co
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import click
 import yaml
 
 from pipeline.config import load_config, to_dict
-from pipeline.errors import UserError
+from pipeline.errors import DataError, UserError
 
 log = logging.getLogger("entrypoint")
 
@@ -89,6 +93,87 @@ def model_fetch(config_path: str | None, overrides: tuple[str, ...]) -> None:
     if not cfg.model.source.startswith("embedded:"):
         models.load_tokenizer(cfg.model, source)
     click.echo(f"model ready: {source} ({time.perf_counter() - started:.1f} s)")
+
+
+@cli.command("train")
+@config_args
+def train_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """LoRA fine-tuning -> <output.dir>/train (adapter, checkpoints, train_summary.json). Resumes if interrupted."""
+    from pipeline.train import train
+
+    cfg = load_config(config_path, overrides)
+    stage_dir = train(cfg, Path(cfg.output.dir))
+    click.echo(f"train: {stage_dir / 'train_summary.json'}")
+
+
+@cli.command("generate")
+@config_args
+def generate_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Base and tuned predictions for the test split -> <output.dir>/generate/predictions.jsonl. Resumable."""
+    from pipeline.generate import generate
+
+    cfg = load_config(config_path, overrides)
+    stage_dir = generate(cfg, Path(cfg.output.dir))
+    click.echo(f"generate: {stage_dir / 'predictions.jsonl'}")
+
+
+@cli.command("score")
+@config_args
+def score_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """predictions.jsonl -> <output.dir>/report.json, report.md, report.png."""
+    from eval.score import score
+
+    cfg = load_config(config_path, overrides)
+    report_path = score(cfg, Path(cfg.output.dir))
+    click.echo(f"report: {report_path}")
+
+
+@cli.command("run")
+@config_args
+def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """train -> generate -> score in one output directory. Finished stages with the same config are skipped,
+    so rerunning after a crash continues where it stopped."""
+    from eval.report import summary_table
+    from eval.score import score
+    from pipeline.generate import generate
+    from pipeline.train import train
+
+    cfg = load_config(config_path, overrides)
+    output_dir = Path(cfg.output.dir)
+    train(cfg, output_dir)
+    generate(cfg, output_dir)
+    report_path = score(cfg, output_dir)
+    click.echo(summary_table(json.loads(report_path.read_text(encoding="utf-8"))))
+    click.echo(f"report: {report_path.resolve()}")
+
+
+@cli.command("compare")
+@click.option("--baseline", type=click.Path(exists=True, dir_okay=False), required=True, help="report.json to hold.")
+@click.option("--candidate", type=click.Path(exists=True, dir_okay=False), required=True, help="report.json to check.")
+@click.option("--max-drop", required=True, help="Allowed drop per metric, e.g. rougeL=0.01,bleu=0.5.")
+@click.option("--require-improvement", is_flag=True,
+              help="Also fail unless the candidate's tuned model beats its base with p < 0.05 on these metrics.")
+def compare_command(baseline: str, candidate: str, max_drop: str, require_improvement: bool) -> None:
+    """Regression gate for CI: exit 0 when nothing dropped more than allowed, 1 with a table otherwise."""
+    from eval.compare import compare, format_rows, parse_max_drop
+
+    reports = []
+    for path in (baseline, candidate):
+        try:
+            reports.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} is not a report.json: {exc}") from None
+    passed, rows = compare(*reports, parse_max_drop(max_drop), require_improvement)
+    click.echo(format_rows(rows))
+    if not passed:
+        raise RegressionFound()
+
+
+class RegressionFound(UserError):
+    exit_code = 1
+
+    def __init__(self):
+        super().__init__("the candidate regressed (table above)")
 
 
 def main(argv: list[str] | None = None) -> int:
