@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("interrupted", err=True)
+        click.echo("interrupted; finished outputs are kept: rerun the same command to resume", err=True)
         return 130
     return 0
 

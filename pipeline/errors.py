@@ -30,3 +30,11 @@ def is_offline_error(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return any(word in text for word in ("offline", "connection", "couldn't reach", "name or service",
                                          "network", "max retries", "timed out", "localentrynotfound"))
+
+
+class Interrupted(UserError):
+    """SIGINT/SIGTERM: the stage stopped at a safe point; exit 128 + signal number (130, 143)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum

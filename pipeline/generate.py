@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from pipeline import data, models
 from pipeline.config import Config
-from pipeline.errors import DataError, ResourceError
+from pipeline.errors import DataError, Interrupted, ResourceError
 from pipeline.prompt import fit_input, generation_prompt_ids
-from pipeline.stage import claim_stage_dir, package_versions, peak_memory, write_json_atomic
+from pipeline.stage import claim_stage_dir, package_versions, peak_memory, stop_on_signal, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ def generate(cfg: Config, output_dir: Path) -> Path:
         return stage_dir
     adapter_dir = Path(output_dir) / "train" / "adapter"
     if not (adapter_dir / "adapter_model.safetensors").is_file():
+        if (adapter_dir / "adapter_model.bin").is_file():
+            raise ResourceError(f"{adapter_dir / 'adapter_model.bin'} is a pickle file, which can run code when "
+                                "loaded: only adapter_model.safetensors is accepted")
         raise ResourceError(f"no trained adapter in {adapter_dir}: run the train stage first")
     started = time.perf_counter()
 
@@ -62,14 +65,14 @@ def generate(cfg: Config, output_dir: Path) -> Path:
 
     # --- generate: base, then the same weights with the adapter merged in --------------------------------------
     per_model = {}
-    with predictions_path.open("a", encoding="utf-8") as out:
+    with predictions_path.open("a", encoding="utf-8") as out, stop_on_signal() as received:
         for name in MODELS:
             if name == "tuned":
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()
             todo = [i for i, row_id in enumerate(test["id"]) if (row_id, name) not in done]
-            per_model[name] = run_model(model, tokenizer, name, prompts, todo, test, cfg, stop_ids, out)
+            per_model[name] = run_model(model, tokenizer, name, prompts, todo, test, cfg, stop_ids, out, received)
 
     # --- save: original order, then the summary (its presence marks the stage finished) -----------------------
     rows = sort_predictions(predictions_path, test["id"])
@@ -93,8 +96,10 @@ def generate(cfg: Config, output_dir: Path) -> Path:
 
 
 @torch.inference_mode()
-def run_model(model, tokenizer, name, prompts, todo, test, cfg: Config, stop_ids, out) -> dict:
-    """Generates rows `todo` in length-sorted batches, appending each finished batch to `out`."""
+def run_model(model, tokenizer, name, prompts, todo, test, cfg: Config, stop_ids, out, received) -> dict:
+    """Generates rows `todo` in length-sorted batches, appending each finished batch to `out`.
+
+    Stops after the batch in flight when a signal has been `received`."""
     gen = cfg.generate
     todo = sorted(todo, key=lambda i: (-len(prompts[i]), i))  # longest first: an OOM shows up at once
     started, new_tokens = time.perf_counter(), 0
@@ -118,6 +123,9 @@ def run_model(model, tokenizer, name, prompts, todo, test, cfg: Config, stop_ids
             lines.append(json.dumps({"id": test[row]["id"], "model": name, "input": test[row]["input"],
                                      "reference": test[row]["target"], **record}, ensure_ascii=False) + "\n")
         append_flushed(out, lines)
+        if received:
+            raise Interrupted(received[0], f"generate interrupted; the rows written so far are kept in {out.name}: "
+                                           "rerun the same command to continue")
         bar.update(len(batch))
         elapsed = time.perf_counter() - started
         bar.set_postfix(tokens_per_s=f"{new_tokens / elapsed:.1f}")

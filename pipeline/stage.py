@@ -13,7 +13,9 @@ import json
 import os
 import platform
 import resource
+import signal
 import sys
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -67,6 +69,30 @@ def write_text_atomic(path: Path, text: str) -> None:
         if exc.errno == errno.ENOSPC:
             raise ResourceError(f"disk full while writing {path}; earlier outputs are intact") from None
         raise
+
+
+@contextmanager
+def stop_on_signal():
+    """While active, SIGTERM/SIGINT only record the signal, so the stage can stop at a safe point (after a training
+    step, with a checkpoint; after a flushed generation batch) and raise Interrupted. A second signal stops at once.
+
+    Kubernetes sends SIGTERM on preemption and eviction, then SIGKILL after the grace period (30 s by default).
+    """
+    received: list[int] = []
+
+    def record(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        print(f"received {signal.Signals(signum).name}: stopping at the next safe point "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, record) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def package_versions() -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import logging
 import os
 import shutil
@@ -26,9 +27,9 @@ from trl import SFTConfig, SFTTrainer
 
 from pipeline import data, models
 from pipeline.config import Config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, Interrupted, ResourceError
 from pipeline.prompt import fit_input, training_ids
-from pipeline.stage import claim_stage_dir, package_versions, peak_memory, write_json_atomic
+from pipeline.stage import claim_stage_dir, package_versions, peak_memory, stop_on_signal, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def train(cfg: Config, output_dir: Path) -> Path:
     token = models.hf_token(cfg.model)
     train_split = data.load_split(cfg.data, "train", token, limit=cfg.data.max_train_samples)
     eval_split = data.load_split(cfg.data, "validation", token, limit=cfg.data.max_eval_samples)
+    overlap = data.warn_on_overlap({"train": train_split, "validation": eval_split})
     train_set, train_truncated = sft_dataset(train_split, tokenizer, cfg)
     eval_set, _ = sft_dataset(eval_split, tokenizer, cfg)
 
@@ -68,8 +70,18 @@ def train(cfg: Config, output_dir: Path) -> Path:
     checkpoint = transformers.trainer_utils.get_last_checkpoint(checkpoints) if checkpoints.is_dir() else None
     if checkpoint:
         log.info("train: resuming from %s", checkpoint)
-    with completion_only_lm_head():
-        result = trainer.train(resume_from_checkpoint=checkpoint)
+    with completion_only_lm_head(), stop_on_signal() as received:
+        trainer.add_callback(SaveAndStopOnSignal(received))
+        try:
+            result = trainer.train(resume_from_checkpoint=checkpoint)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise ResourceError(f"disk full while writing under {stage_dir}; the checkpoints saved before are "
+                                    "intact: free space and rerun to resume") from None
+            raise
+        if received:
+            raise Interrupted(received[0], f"train interrupted at step {trainer.state.global_step}; checkpoint saved "
+                                           f"in {stage_dir / 'checkpoints'}: rerun the same command to resume")
         eval_loss = trainer.evaluate()["eval_loss"]
 
     # --- save --------------------------------------------------------------------------------------------------
@@ -88,6 +100,7 @@ def train(cfg: Config, output_dir: Path) -> Path:
         "adapted_modules": adapted,
         "adapted_layers": count_adapted_layers(trainer.model),
         "train_rows": len(train_set), "validation_rows": len(eval_set), "train_prompts_truncated": train_truncated,
+        "inputs_shared_between_splits": overlap,
         "steps": trainer.state.global_step,
         "resumed_from": checkpoint,
         "loss_curve": losses,
@@ -226,6 +239,18 @@ def save_adapter(model, tokenizer, stage_dir: Path, base_source: str) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
     return final
+
+
+class SaveAndStopOnSignal(transformers.TrainerCallback):
+    """After the step in flight, save a checkpoint (model, optimizer, scheduler, RNG) and stop."""
+
+    def __init__(self, received: list[int]):
+        self.received = received
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = control.should_training_stop = True
+        return control
 
 
 class ProgressLog(transformers.TrainerCallback):

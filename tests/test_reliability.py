@@ -1,0 +1,188 @@
+"""Interruptions with real signals, disk full, leaked secrets, untrusted code, reproducibility."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, korean_rows, write_jsonl
+from entrypoint import main
+from pipeline import generate as generate_module
+from pipeline.errors import ResourceError
+from pipeline.stage import write_json_atomic
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    for split, start, n in (("train", 0, 40), ("validation", 100, 2), ("test", 200, 12)):
+        write_jsonl(folder / f"{split}.jsonl", korean_rows(n, start))
+    return folder
+
+
+def job_args(command, tiny_model_dir, data_dir, out, *extra):
+    return [sys.executable, "entrypoint.py", command, f"model.source={tiny_model_dir}", f"data.source={data_dir}",
+            f"output.dir={out}", "train.max_steps=30", "train.logging_steps=1", "train.save_steps=1000",
+            "train.per_device_train_batch_size=2", "generate.batch_size=1", "generate.max_new_tokens=12",
+            "generate.stop_strings=[]", *extra]
+
+
+def start(args, log_path):
+    log = open(log_path, "w")
+    return subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log
+
+
+def wait_for(predicate, process, timeout=240):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, "the job ended before it could be interrupted"
+        assert time.monotonic() < deadline, "timed out waiting for the job"
+        time.sleep(0.2)
+
+
+def test_sigterm_mid_train_saves_a_checkpoint_and_the_rerun_finishes_identically(tiny_model_dir, data_dir,
+                                                                                 tmp_path):
+    out = tmp_path / "interrupted"
+    log_path = tmp_path / "train.log"
+    process, log = start(job_args("train", tiny_model_dir, data_dir, out), log_path)
+    wait_for(lambda: "step 5/30" in log_path.read_text(errors="replace"), process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    log.close()
+    checkpoints = sorted((out / "train" / "checkpoints").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and not (out / "train" / "train_summary.json").exists()
+    stopped_at = int(checkpoints[0].name.split("-")[1])
+    assert 5 <= stopped_at < 30
+    assert "rerun the same command to resume" in log_path.read_text()
+
+    resumed = subprocess.run(job_args("train", tiny_model_dir, data_dir, out), cwd=ROOT, capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((out / "train" / "train_summary.json").read_text())
+    assert summary["steps"] == 30 and summary["resumed_from"].endswith(f"checkpoint-{stopped_at}")
+    assert [step for step, _ in summary["loss_curve"]] == list(range(1, 31))
+
+    straight = tmp_path / "straight"
+    assert subprocess.run(job_args("train", tiny_model_dir, data_dir, straight), cwd=ROOT).returncode == 0
+    a = load_file(out / "train" / "adapter" / "adapter_model.safetensors")
+    b = load_file(straight / "train" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_mid_generate_keeps_rows_and_the_rerun_ends_with_the_same_file(tiny_model_dir, data_dir,
+                                                                               tmp_path):
+    first = tmp_path / "interrupted"
+    assert main(job_args("train", tiny_model_dir, data_dir, first, "train.max_steps=2")[2:]) == 0
+    second = tmp_path / "straight"
+    shutil.copytree(first / "train", second / "train")
+    predictions = first / "generate" / "predictions.jsonl"
+    log_path = tmp_path / "generate.log"
+    process, log = start(job_args("generate", tiny_model_dir, data_dir, first, "train.max_steps=2"), log_path)
+    wait_for(lambda: predictions.exists() and predictions.read_text().count("\n") >= 3, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    log.close()
+    kept = predictions.read_text(encoding="utf-8")
+    assert kept.endswith("\n") and 3 <= kept.count("\n") < 24
+
+    args = job_args("generate", tiny_model_dir, data_dir, first, "train.max_steps=2")
+    assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
+    args = job_args("generate", tiny_model_dir, data_dir, second, "train.max_steps=2")
+    assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
+    assert predictions.read_bytes() == (second / "generate" / "predictions.jsonl").read_bytes()
+
+
+def test_disk_full_during_generate_keeps_the_earlier_rows(tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
+    assert main(job_args("train", tiny_model_dir, data_dir, tmp_path, "train.max_steps=2")[2:]) == 0
+    real_fsync, calls = os.fsync, []
+
+    def full_disk(fd):
+        calls.append(fd)
+        if len(calls) == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    code = main(job_args("generate", tiny_model_dir, data_dir, tmp_path, "train.max_steps=2")[2:])
+    assert code == 3
+    assert "No space left on device" in capsys.readouterr().err
+    rows = (tmp_path / "generate" / "predictions.jsonl").read_text().splitlines()
+    assert len(rows) >= 3 and all(json.loads(r)["model"] == "base" for r in rows)
+    assert (tmp_path / "train" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_disk_full_while_writing_json_leaves_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "summary.json"
+    write_json_atomic(target, {"version": 1})
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    with pytest.raises(ResourceError, match="disk full while writing .*summary.json; earlier outputs are intact"):
+        write_json_atomic(target, {"version": 2})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_the_token_appears_in_no_output_log_or_report(tiny_model_dir, data_dir, tmp_path):
+    env_token, file_token = "hf_EnvTokenABCDEF123456789", "hf_FileTokenZYXWVU987654321"
+    token_file = tmp_path / "token"
+    token_file.write_text(file_token)
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_TOKEN": env_token, "HF_TOKEN_FILE": str(token_file)}
+    args = job_args("run", tiny_model_dir, data_dir, out, "train.max_steps=2", "score.bootstrap_samples=20")
+    args.insert(2, "-v")  # debug logging: the most talkative the job gets
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name == "report.json" for p in written)
+    for token in (env_token, file_token):
+        for fragment in (token, token[3:15], token[-10:]):
+            assert fragment not in result.stdout + result.stderr
+            for path in written:
+                assert fragment.encode() not in path.read_bytes(), path
+
+
+def test_remote_code_cannot_be_switched_on(tiny_model_dir, tmp_path, capsys):
+    assert main(["config", "show", "model.trust_remote_code=true"]) == 2
+    assert "unknown config key: model.trust_remote_code" in capsys.readouterr().err
+    custom = tmp_path / "custom-code-model"
+    shutil.copytree(tiny_model_dir, custom)
+    config = json.loads((custom / "config.json").read_text())
+    config.update(model_type="evil_model", auto_map={"AutoModelForCausalLM": "modeling_evil.EvilModel"})
+    (custom / "config.json").write_text(json.dumps(config))
+    (custom / "modeling_evil.py").write_text("raise SystemExit('remote code ran')\n")
+    from pipeline import models
+    from pipeline.config import ModelConfig
+    with pytest.raises(ResourceError, match="cannot load the model from"):
+        models.load_model(ModelConfig(source=str(custom)))
+
+
+def test_pickle_adapters_are_refused(tiny_model_dir, data_dir, tmp_path):
+    adapter = tmp_path / "train" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    torch.save({"weights": torch.zeros(1)}, adapter / "adapter_model.bin")
+    from pipeline.config import load_config
+    cfg = load_config(None, [f"model.source={tiny_model_dir}", f"data.source={data_dir}", f"output.dir={tmp_path}"])
+    with pytest.raises(ResourceError, match="pickle"):
+        generate_module.generate(cfg, tmp_path)
+
+
+def test_same_config_and_seed_give_bit_identical_adapters(tiny_model_dir, data_dir, tmp_path):
+    adapters = []
+    for name in ("a", "b"):
+        assert main(job_args("train", tiny_model_dir, data_dir, tmp_path / name, "train.max_steps=3")[2:]) == 0
+        adapters.append(load_file(tmp_path / name / "train" / "adapter" / "adapter_model.safetensors"))
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
