@@ -1,6 +1,9 @@
 # make demo   - install, then train -> generate -> score on the embedded default (README's first command)
 # make test   - install, then the test suite
 # make install - .venv with pinned versions (constraints.txt, shared with the Dockerfile)
+# make bench   - the tutorial's way vs ours (generation rows/s, training examples/s, peak memory)
+# make profile - where our generation and training steps spend their time (bench/profile.txt)
+# make gpu-check - on a CUDA machine: train (bf16) + generate + score on the 270M, with speed figures
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean
+.PHONY: install test demo bench profile gpu-check clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -26,6 +29,15 @@ test: install
 
 demo: install
 	$(PY) entrypoint.py run --config configs/demo.yaml
+
+bench: install
+	$(PY) -m bench.run
+
+profile: install
+	$(PY) -m bench.profile
+
+gpu-check: install
+	$(PY) -m bench.gpu_check
 
 clean:
 	rm -rf outputs .pytest_cache

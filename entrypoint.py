@@ -114,7 +114,8 @@ def generate_command(config_path: str | None, overrides: tuple[str, ...]) -> Non
 
     cfg = load_config(config_path, overrides)
     stage_dir = generate(cfg, Path(cfg.output.dir))
-    click.echo(f"generate: {stage_dir / 'predictions.jsonl'}")
+    if is_main_process():
+        click.echo(f"generate: {stage_dir / 'predictions.jsonl'}")
 
 
 @cli.command("score")
@@ -142,6 +143,8 @@ def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     output_dir = Path(cfg.output.dir)
     train(cfg, output_dir)
     generate(cfg, output_dir)
+    if not is_main_process():  # under accelerate launch / torchrun, one process scores
+        return
     report_path = score(cfg, output_dir)
     click.echo(summary_table(json.loads(report_path.read_text(encoding="utf-8"))))
     click.echo(f"report: {report_path.resolve()}")
@@ -167,6 +170,12 @@ def compare_command(baseline: str, candidate: str, max_drop: str, require_improv
     click.echo(format_rows(rows))
     if not passed:
         raise RegressionFound()
+
+
+def is_main_process() -> bool:
+    from pipeline.stage import process_state
+
+    return process_state().is_main_process
 
 
 class RegressionFound(UserError):

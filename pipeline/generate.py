@@ -7,6 +7,9 @@ The base model is loaded once; after the base outputs, the adapter is attached a
 Rows are generated in batches sorted by prompt length (less padding), appended and flushed batch by batch, so a
 crash loses at most the batch in flight; a rerun skips the ids already written. At the end the file is rewritten
 in the original row order, so an interrupted-and-resumed run ends with the same bytes as an uninterrupted one.
+
+Data parallel: under `accelerate launch` / `torchrun` each process takes every N-th row and writes its own shard
+file; the main process merges the shards in the original order into one predictions.jsonl.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from pipeline import data, models
 from pipeline.config import Config
 from pipeline.errors import DataError, Interrupted, ResourceError
 from pipeline.prompt import fit_input, generation_prompt_ids
-from pipeline.stage import claim_stage_dir, package_versions, peak_memory, stop_on_signal, write_json_atomic
+from pipeline.stage import (claim_stage_dir, package_versions, peak_memory, process_state, stop_on_signal,
+                            write_json_atomic, write_text_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +49,15 @@ def generate(cfg: Config, output_dir: Path) -> Path:
                                 "loaded: only adapter_model.safetensors is accepted")
         raise ResourceError(f"no trained adapter in {adapter_dir}: run the train stage first")
     started = time.perf_counter()
+    state = process_state()  # one process, or one of N under accelerate launch / torchrun
+    shard_path = predictions_path if state.num_processes == 1 else (
+        stage_dir / f"predictions.rank{state.process_index}-of-{state.num_processes}.jsonl")
 
     # --- setup -------------------------------------------------------------------------------------------------
     test = data.load_split(cfg.data, "test", models.hf_token(cfg.model), limit=cfg.data.max_eval_samples)
     source = models.resolve_source(cfg.model)
     tokenizer = models.load_tokenizer(cfg.model, source)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = state.device
     model = models.load_model(cfg.model, source, device=device).eval()
     prompts, truncated = [], 0
     for input_text in test["input"]:
@@ -60,34 +67,42 @@ def generate(cfg: Config, output_dir: Path) -> Path:
     if truncated:
         log.info("generate: %d prompts longer than %d tokens were cut from the left", truncated,
                  cfg.generate.max_prompt_tokens)
-    done = read_done(predictions_path)
+    done = read_done(shard_path)
     stop_ids = stop_token_ids(tokenizer, cfg.prompt.format)
+    mine = range(state.process_index, len(test), state.num_processes)
 
     # --- generate: base, then the same weights with the adapter merged in --------------------------------------
     per_model = {}
-    with predictions_path.open("a", encoding="utf-8") as out, stop_on_signal() as received:
+    with shard_path.open("a", encoding="utf-8") as out, stop_on_signal() as received:
         for name in MODELS:
             if name == "tuned":
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()
-            todo = [i for i, row_id in enumerate(test["id"]) if (row_id, name) not in done]
+            todo = [i for i in mine if (test[i]["id"], name) not in done]
             per_model[name] = run_model(model, tokenizer, name, prompts, todo, test, cfg, stop_ids, out, received)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return stage_dir
 
-    # --- save: original order, then the summary (its presence marks the stage finished) -----------------------
-    rows = sort_predictions(predictions_path, test["id"])
-    summary = {"config_hash": config_hash, "rows": len(test), "device": device,
-               "device_name": torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({os.cpu_count()} cores)",
+    # --- save: shards merged in the original order, then the summary (its presence marks the stage finished) ---
+    shards = sorted(stage_dir.glob(f"predictions.rank*-of-{state.num_processes}.jsonl"))
+    rows = merge_predictions(predictions_path, shards, test["id"])
+    summary = {"config_hash": config_hash, "rows": len(test), "processes": state.num_processes,
+               "device": device.type,
+               "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                               else f"CPU ({os.cpu_count()} cores)"),
                "dtype": str(model.dtype).removeprefix("torch."), "prompts_truncated": truncated,
                "max_new_tokens": cfg.generate.max_new_tokens, "batch_size": cfg.generate.batch_size,
                "models": {}, "wall_seconds": round(time.perf_counter() - started, 1),
                "peak_memory": peak_memory(), "packages": package_versions()}
     for name in MODELS:
-        mine = [r for r in rows if r["model"] == name]
+        model_rows = [r for r in rows if r["model"] == name]
+        # generated_rows, seconds, rows/s and tokens/s are the main process's share when there are several.
         summary["models"][name] = {
-            **per_model[name], "rows": len(mine),
-            "hit_max_new_tokens_rate": round(sum(r["hit_max_new_tokens"] for r in mine) / len(mine), 4),
-            "mean_new_tokens": round(sum(r["new_tokens"] for r in mine) / len(mine), 2),
+            **per_model[name], "rows": len(model_rows),
+            "hit_max_new_tokens_rate": round(sum(r["hit_max_new_tokens"] for r in model_rows) / len(model_rows), 4),
+            "mean_new_tokens": round(sum(r["new_tokens"] for r in model_rows) / len(model_rows), 2),
         }
     write_json_atomic(summary_path, summary)
     log.info("generate: %d rows x %d models in %.0f s -> %s", len(test), len(MODELS),
@@ -208,15 +223,20 @@ def read_done(path: Path) -> set[tuple[str, str]]:
     return done
 
 
-def sort_predictions(path: Path, ids: list[str]) -> list[dict]:
-    """Rewrites predictions.jsonl atomically in (model, original row) order and returns its rows."""
+def merge_predictions(path: Path, shards: list[Path], ids: list[str]) -> list[dict]:
+    """Rewrites predictions.jsonl atomically from itself and any per-process shards, in (model, original row)
+    order; checks that every (id, model) pair is there exactly once; removes the merged shards."""
     order = {row_id: index for index, row_id in enumerate(ids)}
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    rows = []
+    for source in ([path] if path.is_file() else []) + shards:
+        rows += [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()]
     keys = [(r["id"], r["model"]) for r in rows]
     if len(set(keys)) != len(keys):
         raise DataError(f"{path} holds an (id, model) pair twice; move the file away to regenerate it")
+    if len(keys) != len(MODELS) * len(ids):
+        raise DataError(f"{path}: {len(keys)} predictions for {len(ids)} rows x {len(MODELS)} models; rerun generate")
     rows.sort(key=lambda r: (MODELS.index(r["model"]), order[r["id"]]))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    for shard in shards:
+        shard.unlink()
     return rows

@@ -95,6 +95,15 @@ def stop_on_signal():
             signal.signal(sig, handler)
 
 
+def process_state():
+    """This process's place under accelerate launch / torchrun (or the only process). Without a GPU it says so,
+    which makes several processes one gloo group on CPUs instead of N unrelated single processes."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0]}
     for name in PACKAGES:

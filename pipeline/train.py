@@ -84,7 +84,10 @@ def train(cfg: Config, output_dir: Path) -> Path:
                                            f"in {stage_dir / 'checkpoints'}: rerun the same command to resume")
         eval_loss = trainer.evaluate()["eval_loss"]
 
-    # --- save --------------------------------------------------------------------------------------------------
+    # --- save (the main process; the others wait so that no one reads a half-written stage) ------------------
+    if not trainer.is_world_process_zero():
+        trainer.accelerator.wait_for_everyone()
+        return stage_dir
     adapter_dir = save_adapter(trainer.model, tokenizer, stage_dir, cfg.model.source)
     history = trainer.state.log_history
     losses = [[h["step"], round(h["loss"], 6)] for h in history if "loss" in h]
@@ -116,6 +119,7 @@ def train(cfg: Config, output_dir: Path) -> Path:
     })
     log.info("train: done in %.0f s; loss %s -> %s; adapter in %s", time.perf_counter() - started,
              losses[0][1] if losses else "?", losses[-1][1] if losses else "?", adapter_dir)
+    trainer.accelerator.wait_for_everyone()
     return stage_dir
 
 
@@ -146,6 +150,8 @@ def build_trainer(cfg: Config, model, tokenizer, train_set: Dataset, eval_set: D
         save_strategy="steps", save_steps=cfg.train.save_steps, save_total_limit=cfg.train.save_total_limit,
         eval_strategy="no", report_to="none", disable_tqdm=False, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without a GPU, say so: under torchrun/accelerate launch that makes the run DDP over gloo on CPUs.
+        use_cpu=not torch.cuda.is_available(),
     )
     return SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       processing_class=tokenizer, peft_config=lora_config, callbacks=[ProgressLog()])

@@ -1,0 +1,55 @@
+"""make profile: where our generation step and our training step spend their time (torch.profiler).
+
+Prints the top operators by self time for one batched generation (48 prompts, 16 new tokens) and for two
+training steps of ours, on the embedded Gemma 3 270M, and writes them to bench/profile.txt.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.run import ROOT, setup, test_rows, train_rows
+
+ROWS = 20
+
+
+def top_ops(prof, title: str) -> str:
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    return f"== {title} ==\n" + prof.key_averages().table(sort_by=sort, row_limit=ROWS)
+
+
+def main() -> None:
+    from datasets import Dataset
+
+    from pipeline.generate import left_pad
+    from pipeline.prompt import generation_prompt_ids
+    from pipeline.train import build_trainer, completion_only_lm_head, sft_dataset
+
+    cfg, tokenizer, model = setup()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    prompts = [generation_prompt_ids(tokenizer, row["input"], "plain") for row in test_rows(48)]
+    input_ids, mask = left_pad(prompts, tokenizer.pad_token_id, model.device)
+    with torch.inference_mode(), profile(activities=activities) as generation:
+        model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=16, min_new_tokens=16,
+                       do_sample=False, pad_token_id=tokenizer.pad_token_id)
+
+    dataset, _ = sft_dataset(Dataset.from_list(train_rows(8)), tokenizer, cfg)
+    trainer = build_trainer(cfg, model, tokenizer, dataset, dataset, Path(tempfile.mkdtemp()))
+    batches = iter(trainer.get_train_dataloader())
+    trainer.model.train()
+    with completion_only_lm_head(), profile(activities=activities) as training:
+        for _ in range(2):
+            loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(next(batches)))
+            loss.backward()
+    report = top_ops(generation, "generation: 48 prompts x 16 new tokens, batched") + "\n\n" + top_ops(
+        training, "training: 2 steps of 4 examples, forward + backward")
+    (ROOT / "bench" / "profile.txt").write_text(report + "\n", encoding="utf-8")
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
