@@ -8,7 +8,7 @@ import torch
 from conftest import korean_rows, write_jsonl
 from entrypoint import main
 from pipeline import train as train_module
-from pipeline.config import Config, DataConfig, LoraConfig, ModelConfig, OutputConfig, TrainConfig, load_config
+from pipeline.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig, load_config
 from pipeline.errors import ConfigError
 
 EOS = 1
