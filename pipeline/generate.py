@@ -54,13 +54,13 @@ def generate(cfg: Config, output_dir: Path) -> Path:
         stage_dir / f"predictions.rank{state.process_index}-of-{state.num_processes}.jsonl")
 
     # --- setup -------------------------------------------------------------------------------------------------
-    test = data.load_split(cfg.data, "test", models.hf_token(cfg.model), limit=cfg.data.max_eval_samples)
+    test = data.load_split(cfg.data, "test", models.hf_token(cfg.model), limit=cfg.data.max_eval_samples).to_list()
     source = models.resolve_source(cfg.model)
     tokenizer = models.load_tokenizer(cfg.model, source)
     device = state.device
     model = models.load_model(cfg.model, source, device=device).eval()
     prompts, truncated = [], 0
-    for input_text in test["input"]:
+    for input_text in (row["input"] for row in test):
         fitted, cut = fit_input(tokenizer, input_text, cfg.prompt.format, cfg.generate.max_prompt_tokens)
         prompts.append(generation_prompt_ids(tokenizer, fitted, cfg.prompt.format))
         truncated += cut
@@ -87,7 +87,7 @@ def generate(cfg: Config, output_dir: Path) -> Path:
 
     # --- save: shards merged in the original order, then the summary (its presence marks the stage finished) ---
     shards = sorted(stage_dir.glob(f"predictions.rank*-of-{state.num_processes}.jsonl"))
-    rows = merge_predictions(predictions_path, shards, test["id"])
+    rows = merge_predictions(predictions_path, shards, [row["id"] for row in test])
     summary = {"config_hash": config_hash, "rows": len(test), "processes": state.num_processes,
                "device": device.type,
                "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
