@@ -8,6 +8,7 @@ so that checking an already converted model takes milliseconds, not the seconds 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -70,11 +71,24 @@ def resolve_dtype(cfg: ModelConfig):
 
 
 def load_tokenizer(cfg: ModelConfig, source: str | None = None):
-    from transformers import AutoTokenizer
+    """The model's tokenizer. From a local directory with a tokenizer.json, that file is loaded as it is.
+
+    transformers 5 rebuilds a GemmaTokenizer from tokenizer.json by parsing it in Python first: 33 MB of JSON for
+    Gemma's 262k vocabulary, whose freed objects stay in the process (RSS +150-200 MB for the whole run, measured).
+    Loading the file straight into the Rust tokenizer gives the same ids and text (tested on every sample row,
+    plain and chat) in a third of the memory. Hub ids keep AutoTokenizer.
+    """
+    from transformers import AutoTokenizer, TokenizersBackend
 
     source = source or resolve_source(cfg)
     with _hub_errors(source):
-        return AutoTokenizer.from_pretrained(source, revision=cfg.revision, token=hf_token(cfg))
+        if is_local_source(source) and (Path(source).expanduser() / "tokenizer.json").is_file():
+            # Left padding, as GemmaTokenizer sets it: the side batched generation needs.
+            tokenizer = TokenizersBackend.from_pretrained(source, padding_side="left")
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision, token=hf_token(cfg))
+    release_freed_memory()
+    return tokenizer
 
 
 def load_model(cfg: ModelConfig, source: str | None = None, device=None):
@@ -92,7 +106,17 @@ def load_model(cfg: ModelConfig, source: str | None = None, device=None):
             source, revision=cfg.revision, token=hf_token(cfg), dtype=dtype,
             attn_implementation=cfg.attn_implementation, use_safetensors=True,
         )
+    release_freed_memory()
     return model.to(device) if device is not None else model
+
+
+def release_freed_memory() -> None:
+    """Hands heap memory that loading freed back to the OS (glibc keeps it otherwise; the 262k-token tokenizer's
+    parse buffers alone are ~180 MB). Elsewhere a no-op."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class _hub_errors:

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -5,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import GEMMA_CHAT_TEMPLATE, ROOT
 from entrypoint import main
 from pipeline import models
 from pipeline.config import ModelConfig
@@ -64,6 +65,34 @@ def test_local_model_directory_loads_with_safetensors_only(tiny_model_dir, tmp_p
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")
     with pytest.raises(ResourceError, match="cannot load the model from"):
         models.load_model(ModelConfig(source=str(pickled)))
+
+
+def test_local_tokenizer_gives_the_same_ids_and_text_as_autotokenizer(embedded_dir, gemma_tokenizer):
+    """load_tokenizer reads tokenizer.json straight into Rust; AutoTokenizer (the reference) rebuilds a
+    GemmaTokenizer from it. Every sample row, plain and chat, must tokenize and decode the same."""
+    import copy
+
+    from pipeline.prompt import generation_prompt_ids, training_ids
+
+    ours = models.load_tokenizer(ModelConfig(source=str(embedded_dir)))
+    reference = copy.deepcopy(gemma_tokenizer)
+    assert type(ours) is not type(reference)  # otherwise this test compares a loader with itself
+    ours.chat_template = reference.chat_template = GEMMA_CHAT_TEMPLATE
+    rows = [json.loads(line) for split in ("train", "validation", "test")
+            for line in (ROOT / "data/sample" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows.append({"input": "  tabs\tand\n\nnewlines, émoji 😀 中文 <start_of_turn>", "target": "(다른 관점 생각하기) 왜?"})
+    for row in rows:
+        for fmt in ("plain", "chat"):
+            expected = training_ids(reference, row["input"], row["target"], fmt)
+            assert training_ids(ours, row["input"], row["target"], fmt) == expected
+            assert generation_prompt_ids(ours, row["input"], fmt) == generation_prompt_ids(reference, row["input"], fmt)
+            for skip in (False, True):
+                assert (ours.decode(expected["input_ids"], skip_special_tokens=skip)
+                        == reference.decode(expected["input_ids"], skip_special_tokens=skip))
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        assert getattr(ours, name) == getattr(reference, name)
+    assert ours.convert_tokens_to_ids("<end_of_turn>") == reference.convert_tokens_to_ids("<end_of_turn>")
+    assert len(ours) == len(reference) and ours.padding_side == "left"
 
 
 def test_missing_model_path_exits_3_naming_it(tmp_path, capsys):

@@ -1,12 +1,5 @@
+from conftest import GEMMA_CHAT_TEMPLATE
 from pipeline import prompt
-
-# A Gemma-style chat template (the embedded 270M is a base model and has none), enough to test the chat format.
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
-)
 
 INPUT = "재택근무는 생산성을 높인다. 출퇴근 시간이 사라지기 때문이다."
 TARGET = "(이유와 근거 묻기) 생산성이 높아졌다는 근거는 무엇인가요?"
