@@ -12,11 +12,13 @@ import logging
 import re
 from collections import Counter
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from pipeline.config import DataConfig
 from pipeline.errors import DataError, ResourceError, is_offline_error
+
+if TYPE_CHECKING:  # imported where used: the score stage and split_label need none of its ~80 MB
+    import datasets
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ def split_label(text: str) -> tuple[str | None, str]:
 
 def load_split(cfg: DataConfig, split: str, token: str | None = None, limit: int | None = None) -> datasets.Dataset:
     """One validated split with columns id/input/target; `limit` keeps the first N rows."""
+    import datasets
+
     path = local_split_path(cfg, split)
     where = str(path) if path else f"{cfg.source} (Hub)"
     if path is not None:
@@ -98,6 +102,8 @@ def warn_on_overlap(splits: dict[str, datasets.Dataset]) -> dict[str, int]:
 
 
 def _load_hub_split(cfg: DataConfig, split: str, token: str | None) -> datasets.Dataset:
+    import datasets
+
     try:
         return datasets.load_dataset(cfg.source, split=split, revision=cfg.revision, token=token)
     except Exception as exc:
