@@ -25,17 +25,17 @@ def top_ops(prof, title: str) -> str:
 def main() -> None:
     from datasets import Dataset
 
-    from pipeline.generate import left_pad
+    from pipeline.decode import decode_batch
     from pipeline.prompt import generation_prompt_ids
     from pipeline.train import build_trainer, completion_only_lm_head, sft_dataset
 
     cfg, tokenizer, model = setup()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     prompts = [generation_prompt_ids(tokenizer, row["input"], "plain") for row in test_rows(48)]
-    input_ids, mask = left_pad(prompts, tokenizer.pad_token_id, model.device)
-    with torch.inference_mode(), profile(activities=activities) as generation:
-        model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=16, min_new_tokens=16,
-                       do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    prompts.sort(key=len, reverse=True)
+    with profile(activities=activities) as generation:  # no stop tokens: every row runs 16 steps
+        decode_batch(model, prompts, max_new_tokens=16, stop_ids=[], stop_strings=(), tokenizer=tokenizer,
+                     pad_id=tokenizer.pad_token_id)
 
     dataset, _ = sft_dataset(Dataset.from_list(train_rows(8)), tokenizer, cfg)
     trainer = build_trainer(cfg, model, tokenizer, dataset, dataset, Path(tempfile.mkdtemp()))

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from pipeline import data, models
 from pipeline.config import Config
+from pipeline.decode import decode_batch
 from pipeline.errors import DataError, Interrupted, ResourceError
 from pipeline.prompt import fit_input, generation_prompt_ids
 from pipeline.stage import (claim_stage_dir, package_versions, peak_memory, process_state, stop_on_signal,
@@ -118,21 +119,16 @@ def run_model(model, tokenizer, name, prompts, todo, test, cfg: Config, stop_ids
     gen = cfg.generate
     todo = sorted(todo, key=lambda i: (-len(prompts[i]), i))  # longest first: an OOM shows up at once
     started, new_tokens = time.perf_counter(), 0
-    if gen.do_sample:
-        torch.manual_seed(gen.seed)
+    generator = torch.Generator(model.device).manual_seed(gen.seed) if gen.do_sample else None
     bar = tqdm(total=len(todo), desc=f"generate {name}", unit="row", disable=not todo)
     for start in range(0, len(todo), gen.batch_size):
         batch = todo[start:start + gen.batch_size]
-        input_ids, attention_mask = left_pad([prompts[i] for i in batch], tokenizer.pad_token_id, model.device)
-        output = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=gen.max_new_tokens,
-            do_sample=gen.do_sample, temperature=gen.temperature if gen.do_sample else None,
-            top_p=gen.top_p if gen.do_sample else None, top_k=None,
-            eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-            stop_strings=list(gen.stop_strings) or None, tokenizer=tokenizer,
-        )
+        outputs = decode_batch(model, [prompts[i] for i in batch], max_new_tokens=gen.max_new_tokens,
+                               stop_ids=stop_ids, stop_strings=gen.stop_strings, tokenizer=tokenizer,
+                               pad_id=tokenizer.pad_token_id, do_sample=gen.do_sample, temperature=gen.temperature,
+                               top_p=gen.top_p, generator=generator)
         lines = []
-        for row, generated in zip(batch, output[:, input_ids.shape[1]:].tolist()):
+        for row, generated in zip(batch, outputs):
             record = decode_row(tokenizer, generated, stop_ids, gen.stop_strings, gen.max_new_tokens)
             new_tokens += record["new_tokens"]
             lines.append(json.dumps({"id": test[row]["id"], "model": name, "input": test[row]["input"],
@@ -153,15 +149,12 @@ def run_model(model, tokenizer, name, prompts, todo, test, cfg: Config, stop_ids
 
 
 def decode_row(tokenizer, generated: list[int], stop_ids: list[int], stop_strings, max_new_tokens: int) -> dict:
-    """Cuts the new tokens at the stop (EOS, or padding after a stop string), decodes, and cuts at stop strings."""
+    """Cuts the new tokens after a stop token, decodes, and cuts the text at the first stop string."""
     length, stopped = len(generated), False
     for position, token in enumerate(generated):
         if token in stop_ids:
             length, stopped = position + 1, True
             break
-    else:  # a row finished by a stop string is padded up to the batch's longest row
-        while length and generated[length - 1] == tokenizer.pad_token_id:
-            length -= 1
     raw = tokenizer.decode(generated[:length], skip_special_tokens=False)
     text = tokenizer.decode(generated[:length], skip_special_tokens=True)
     for stop in stop_strings:
@@ -178,16 +171,6 @@ def stop_token_ids(tokenizer, fmt: str) -> list[int]:
         if end_of_turn is not None and end_of_turn != tokenizer.unk_token_id:
             ids.append(end_of_turn)
     return ids
-
-
-def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, sequences))
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq):] = torch.tensor(seq)
-        mask[row, width - len(seq):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def append_flushed(out, lines: list[str]) -> None:

@@ -138,8 +138,8 @@ class FakeTokenizer:
 
 
 @pytest.mark.parametrize("generated, prediction, new_tokens, hit_max", [
-    ([5, 6, 1, 0, 0], "질문?", 3, False),           # EOS: stops, padding after it is not counted
-    ([5, 6, 7, 0, 0], "질문?", 3, False),           # stop string "\n" (then padded)
+    ([5, 6, 1, 0, 0], "질문?", 3, False),           # EOS: stops, nothing after it is counted
+    ([5, 6, 7], "질문?", 3, False),                 # stop string "\n"
     ([5, 6, 7, 8, 5], "질문?", 5, False),           # the newline ends the question even mid-output
     ([5, 5, 5, 5, 5], "질문질문질문질문질문", 5, True),  # ran out of tokens
 ])

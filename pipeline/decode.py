@@ -1,0 +1,158 @@
+"""The decoding loop of the generate stage: a batch of prompts in, each row's new token ids out.
+
+    decode_batch(model, prompts, max_new_tokens=..., stop_ids=..., stop_strings=..., tokenizer=...) -> [[ids]]
+
+Why not `model.generate`: in a batch it keeps computing every row until the longest one stops, materializes the
+full [rows, 262,144] logits (and a float32 copy) at every step, and checks stop strings against the whole
+vocabulary. Here a finished row leaves the batch (its KV cache rows are dropped), greedy decoding picks the
+argmax from vocabulary chunks without ever holding the full logits, and a stop string ends a row as soon as its
+decoded text contains one. The model's own forward does everything else (masks, positions, cache), so outputs
+are the greedy outputs of `model.generate` (tested), at half the memory and a third less time on 2 cores.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from transformers import DynamicCache
+
+VOCAB_CHUNK = 32768  # rows of the output layer scored at once: a [batch, 32768] tile instead of [batch, 262144]
+PREFILL_ROWS = 16  # prompts prefilled together: bounds the activations of a long, wide first step
+
+
+@torch.inference_mode()
+def decode_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
+                 stop_strings: tuple[str, ...], tokenizer, pad_id: int, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None
+                 ) -> list[list[int]]:
+    """New token ids per prompt, each ending with its stop token, or the token that completed a stop string, or
+    at max_new_tokens. Prompts are left-padded to a common width (the batch should be length-sorted)."""
+    device = model.device
+    input_ids, attention_mask = left_pad(prompts, pad_id, device)
+    positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # as model.generate does
+    generated = [[] for _ in prompts]
+    active = list(range(len(prompts)))  # the original index of each row still in the batch
+    stop_set = set(stop_ids)
+    with linear_layers_on_onednn(model):
+        cache, hidden = prefill(model, input_ids, attention_mask, positions)
+        positions = positions[:, -1:]
+        for step in range(max_new_tokens):
+            tokens = (sample(model, hidden, temperature, top_p, generator) if do_sample
+                      else greedy(model, hidden)).tolist()
+            keep = []
+            for row, (index, token) in enumerate(zip(active, tokens)):
+                generated[index].append(token)
+                if token in stop_set or (stop_strings and any(
+                        stop in tokenizer.decode(generated[index], skip_special_tokens=True) for stop in stop_strings)):
+                    continue
+                keep.append(row)
+            if not keep or step == max_new_tokens - 1:
+                break
+            next_ids = torch.tensor(tokens, device=device)[:, None]
+            if len(keep) < len(active):  # finished rows leave the batch, their cache rows with them
+                kept = torch.tensor(keep, device=device)
+                for layer in cache.layers:
+                    layer.batch_select_indices(kept)
+                attention_mask, positions, next_ids = attention_mask[kept], positions[kept], next_ids[kept]
+                active = [active[row] for row in keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1)
+            positions = positions + 1
+            hidden = model.get_decoder()(input_ids=next_ids, attention_mask=attention_mask, position_ids=positions,
+                                         cache=cache, use_cache=True).last_hidden_state[:, -1]
+    return generated
+
+
+def prefill(model, input_ids, attention_mask, positions) -> tuple[DynamicCache, torch.Tensor]:
+    """Runs the prompts through the backbone PREFILL_ROWS at a time (same padded width, so their caches stack
+    along the batch) and returns the cache and each row's last hidden state."""
+    caches, hidden = [], []
+    for start in range(0, input_ids.shape[0], PREFILL_ROWS):
+        rows = slice(start, start + PREFILL_ROWS)
+        cache = DynamicCache(config=model.config)
+        out = model.get_decoder()(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
+                                  position_ids=positions[rows], cache=cache, use_cache=True)
+        caches.append(cache)
+        hidden.append(out.last_hidden_state[:, -1])
+    merged = caches[0]
+    for index, layer in enumerate(merged.layers):
+        if len(caches) > 1:
+            layer.keys = torch.cat([c.layers[index].keys for c in caches])
+            layer.values = torch.cat([c.layers[index].values for c in caches])
+            for other in caches[1:]:  # free each part as soon as it is copied
+                other.layers[index].keys = other.layers[index].values = None
+    return merged, torch.cat(hidden)
+
+
+def greedy(model, hidden: torch.Tensor) -> torch.Tensor:
+    """argmax over the vocabulary of the model's logits, one chunk of the output layer at a time."""
+    weight, linear = model.get_output_embeddings().weight, fast_linear(model)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    best_value = best_index = None
+    for start in range(0, weight.shape[0], VOCAB_CHUNK):
+        logits = linear(hidden, weight[start:start + VOCAB_CHUNK])
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        value, index = logits.max(dim=-1)
+        if best_value is None:
+            best_value, best_index = value, index
+        else:
+            better = value > best_value  # strictly: on a tie the earlier token wins, as in torch.argmax
+            best_value, best_index = torch.where(better, value, best_value), torch.where(better, index + start,
+                                                                                          best_index)
+    return best_index
+
+
+def sample(model, hidden: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    logits = fast_linear(model)(hidden, model.get_output_embeddings().weight).float()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:  # nucleus: the smallest set of tokens whose probability reaches top_p
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def fast_linear(model):
+    """F.linear, or on CPU for float32 weights, oneDNN's linear (see linear_layers_on_onednn)."""
+    weight = model.get_output_embeddings().weight
+    onednn = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or onednn is None \
+            or not torch.backends.mkldnn.is_available():
+        return torch.nn.functional.linear
+    return lambda x, w, b=None: onednn(x, w, b, "none", [], "")
+
+
+@contextmanager
+def linear_layers_on_onednn(model):
+    """On CPU, runs the model's float32 linear layers through oneDNN instead of the default BLAS while inside.
+
+    Measured on the 2-core AMD EPYC this project runs on: MKL's sgemm computes a decode step's skinny products
+    (48 rows against Gemma's 262,144 x 640 output layer) at ~33 GFLOP/s and oneDNN at ~66, so a generation step
+    takes 40% less time; prefill shapes gain 5-20%. The op is the one torch.compile's CPU backend emits; it reads
+    the weights in place (no copy, no extra memory). Results differ from MKL's only in summation order (~1e-4 in
+    the logits); `make bench` compares the greedy outputs. Elsewhere (GPU, other dtypes, no oneDNN): a no-op.
+    """
+    linear = fast_linear(model)
+    linears = [] if linear is torch.nn.functional.linear else [
+        m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.float32]
+    for module in linears:
+        module.forward = lambda x, m=module: linear(x, m.weight, m.bias)
+    try:
+        yield
+    finally:
+        for module in linears:
+            module.__dict__.pop("forward", None)  # back to nn.Linear.forward
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
