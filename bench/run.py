@@ -30,7 +30,11 @@ PROMPTS, MAX_NEW_TOKENS, TRAIN_STEPS, TRAIN_BATCH = 48, 48, 8, 4
 OUR_GENERATE_BATCH = 48
 
 
-def setup():
+def setup(tutorial: bool = False):
+    """The demo config, its (converted) embedded model and tokenizer: loaded our way, or as the tutorial does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from pipeline import models
     from pipeline.config import load_config
 
@@ -39,6 +43,9 @@ def setup():
         f"train.max_steps={TRAIN_STEPS}", f"train.per_device_train_batch_size={TRAIN_BATCH}",
         "train.save_steps=100000", "train.logging_steps=1", "model.dtype=float32"])
     source = models.resolve_source(cfg.model)
+    if tutorial:  # fp32 (the tutorial's fp16 is for its GPU; Gemma 3 overflows in fp16 and CPUs lack fast fp16)
+        return (cfg, AutoTokenizer.from_pretrained(source),
+                AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval())
     return cfg, models.load_tokenizer(cfg.model, source), models.load_model(cfg.model, source).eval()
 
 
@@ -57,7 +64,7 @@ def generate_tutorial() -> dict:
 
     from pipeline.prompt import prompt_text
 
-    cfg, tokenizer, model = setup()
+    cfg, tokenizer, model = setup(tutorial=True)
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
     rows, outputs = test_rows(PROMPTS), {}
     started = time.perf_counter()
@@ -92,7 +99,7 @@ def train_tutorial() -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    cfg, tokenizer, model = setup()
+    cfg, tokenizer, model = setup(tutorial=True)
     tokenizer.pad_token = tokenizer.eos_token  # the tutorial's choice: EOS is then masked as padding
     texts = [{"text": f"### context: {r['input']}\n### question: {r['target']}"}
              for r in train_rows(TRAIN_STEPS * TRAIN_BATCH)]
