@@ -25,6 +25,7 @@ def top_ops(prof, title: str) -> str:
 def main() -> None:
     from datasets import Dataset
 
+    from pipeline import cpu
     from pipeline.decode import decode_batch
     from pipeline.prompt import generation_prompt_ids
     from pipeline.train import build_trainer, completion_only_lm_head, sft_dataset
@@ -41,7 +42,8 @@ def main() -> None:
     trainer = build_trainer(cfg, model, tokenizer, dataset, dataset, Path(tempfile.mkdtemp()))
     batches = iter(trainer.get_train_dataloader())
     trainer.model.train()
-    with completion_only_lm_head(), profile(activities=activities) as training:
+    with completion_only_lm_head(), cpu.trl_lm_head_on_onednn(trainer.args.device), \
+            profile(activities=activities) as training:
         for _ in range(2):
             loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(next(batches)))
             loss.backward()

@@ -12,10 +12,10 @@ are the greedy outputs of `model.generate` (tested), at half the memory and a th
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from transformers import DynamicCache
+
+from pipeline.cpu import fast_linear, linear_layers_on_onednn
 
 VOCAB_CHUNK = 32768  # rows of the output layer scored at once: a [batch, 32768] tile instead of [batch, 262144]
 PREFILL_ROWS = 16  # prompts prefilled together: bounds the activations of a long, wide first step
@@ -86,7 +86,8 @@ def prefill(model, input_ids, attention_mask, positions) -> tuple[DynamicCache, 
 
 def greedy(model, hidden: torch.Tensor) -> torch.Tensor:
     """argmax over the vocabulary of the model's logits, one chunk of the output layer at a time."""
-    weight, linear = model.get_output_embeddings().weight, fast_linear(model)
+    weight = model.get_output_embeddings().weight
+    linear = fast_linear(weight)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     best_value = best_index = None
     for start in range(0, weight.shape[0], VOCAB_CHUNK):
@@ -104,7 +105,8 @@ def greedy(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def sample(model, hidden: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
-    logits = fast_linear(model)(hidden, model.get_output_embeddings().weight).float()
+    weight = model.get_output_embeddings().weight
+    logits = fast_linear(weight)(hidden, weight).float()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
@@ -114,38 +116,6 @@ def sample(model, hidden: torch.Tensor, temperature: float, top_p: float, genera
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def fast_linear(model):
-    """F.linear, or on CPU for float32 weights, oneDNN's linear (see linear_layers_on_onednn)."""
-    weight = model.get_output_embeddings().weight
-    onednn = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or onednn is None \
-            or not torch.backends.mkldnn.is_available():
-        return torch.nn.functional.linear
-    return lambda x, w, b=None: onednn(x, w, b, "none", [], "")
-
-
-@contextmanager
-def linear_layers_on_onednn(model):
-    """On CPU, runs the model's float32 linear layers through oneDNN instead of the default BLAS while inside.
-
-    Measured on the 2-core AMD EPYC this project runs on: MKL's sgemm computes a decode step's skinny products
-    (48 rows against Gemma's 262,144 x 640 output layer) at ~33 GFLOP/s and oneDNN at ~66, so a generation step
-    takes 40% less time; prefill shapes gain 5-20%. The op is the one torch.compile's CPU backend emits; it reads
-    the weights in place (no copy, no extra memory). Results differ from MKL's only in summation order (~1e-4 in
-    the logits); `make bench` compares the greedy outputs. Elsewhere (GPU, other dtypes, no oneDNN): a no-op.
-    """
-    linear = fast_linear(model)
-    linears = [] if linear is torch.nn.functional.linear else [
-        m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.float32]
-    for module in linears:
-        module.forward = lambda x, m=module: linear(x, m.weight, m.bias)
-    try:
-        yield
-    finally:
-        for module in linears:
-            module.__dict__.pop("forward", None)  # back to nn.Linear.forward
 
 
 def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,6 @@ so that checking an already converted model takes milliseconds, not the seconds 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -80,6 +79,8 @@ def load_tokenizer(cfg: ModelConfig, source: str | None = None):
     """
     from transformers import AutoTokenizer, TokenizersBackend
 
+    from pipeline.cpu import release_freed_memory
+
     source = source or resolve_source(cfg)
     with _hub_errors(source):
         if is_local_source(source) and (Path(source).expanduser() / "tokenizer.json").is_file():
@@ -95,6 +96,8 @@ def load_model(cfg: ModelConfig, source: str | None = None, device=None):
     import torch
     import transformers
 
+    from pipeline.cpu import release_freed_memory
+
     source = source or resolve_source(cfg)
     dtype = resolve_dtype(cfg)
     with _hub_errors(source):
@@ -109,14 +112,6 @@ def load_model(cfg: ModelConfig, source: str | None = None, device=None):
     release_freed_memory()
     return model.to(device) if device is not None else model
 
-
-def release_freed_memory() -> None:
-    """Hands heap memory that loading freed back to the OS (glibc keeps it otherwise; the 262k-token tokenizer's
-    parse buffers alone are ~180 MB). Elsewhere a no-op."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class _hub_errors:

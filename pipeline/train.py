@@ -25,7 +25,7 @@ import transformers
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from pipeline import data, models
+from pipeline import cpu, data, models
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Interrupted, ResourceError
 from pipeline.prompt import fit_input, training_ids
@@ -70,7 +70,9 @@ def train(cfg: Config, output_dir: Path) -> Path:
     checkpoint = transformers.trainer_utils.get_last_checkpoint(checkpoints) if checkpoints.is_dir() else None
     if checkpoint:
         log.info("train: resuming from %s", checkpoint)
-    with completion_only_lm_head(), stop_on_signal() as received:
+    cpu.mmap_large_allocations()
+    with completion_only_lm_head(), cpu.trl_lm_head_on_onednn(trainer.args.device), \
+            stop_on_signal() as received:
         trainer.add_callback(SaveAndStopOnSignal(received))
         try:
             result = trainer.train(resume_from_checkpoint=checkpoint)
