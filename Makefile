@@ -3,8 +3,11 @@
 # make install - .venv with pinned versions (constraints.txt, shared with the Dockerfile)
 # make bench   - the tutorial's way vs ours (generation rows/s, training examples/s, peak memory)
 # make profile - where our generation and training steps spend their time (bench/profile.txt)
-# make gpu-check - on a CUDA machine: train (bf16) + generate + score on the 270M, with speed figures
+# make gpu-check - on a CUDA machine: the H200 targets, timed on Gemma 3 1B's architecture (random bf16 weights)
+# make gpu-bundle - .gpu/: the tokenizer and the wheels a GPU machine without network lacks, for gpu-check there
 PYTHON ?= python3
+SHELL := /bin/bash
+space := $(subst ,, )
 VENV := .venv
 PY := $(VENV)/bin/python
 # torch first and pinned, so that nothing pulls a multi-GB CUDA build as a dependency. On this project's CPU
@@ -13,7 +16,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench profile gpu-check clean
+.PHONY: install test demo bench profile gpu-check gpu-bundle clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -38,6 +41,16 @@ profile: install
 
 gpu-check: install
 	$(PY) -m bench.gpu_check
+
+# The device image has torch, transformers, peft, accelerate, pyarrow, pandas, xxhash; not trl, datasets and
+# datasets' dill/multiprocess. There: pip install --no-index --no-deps --target /tmp/site .gpu/whl/*.whl, then
+# PYTHONPATH=/tmp/site:. python3 -m bench.gpu_check --tokenizer .gpu/tokenizer --out $$OUT (see README).
+GPU_WHEELS := trl datasets dill multiprocess
+gpu-bundle: install
+	rm -rf .gpu && mkdir -p .gpu/tokenizer .gpu/whl
+	cp "$$($(PY) -c 'from pipeline.config import ModelConfig; from pipeline.models import ensure_embedded_model; print(ensure_embedded_model(ModelConfig()))')"/{config.json,tokenizer.json,tokenizer_config.json} .gpu/tokenizer/
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_17_x86_64 -d .gpu/whl $$(grep -E '^($(subst $(space),|,$(GPU_WHEELS)))==' constraints.txt)
 
 clean:
 	rm -rf outputs .pytest_cache
