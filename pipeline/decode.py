@@ -7,7 +7,8 @@ full [rows, 262,144] logits (and a float32 copy) at every step, and checks stop 
 vocabulary. Here a finished row leaves the batch (its KV cache rows are dropped), greedy decoding picks the
 argmax from vocabulary chunks without ever holding the full logits, and a stop string ends a row as soon as its
 decoded text contains one. The model's own forward does everything else (masks, positions, cache), so outputs
-are the greedy outputs of `model.generate` (tested), at half the memory and a third less time on 2 cores.
+are the greedy outputs of `model.generate` (tested). Measured on the bench's 48 prompts (2 cores, same kernels):
+25 s instead of 35 s, and 0.28 GiB less peak memory.
 """
 
 from __future__ import annotations
