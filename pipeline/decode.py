@@ -13,6 +13,8 @@ are the greedy outputs of `model.generate` (tested). Measured on the bench's 48 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache
 
@@ -59,8 +61,8 @@ def decode_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stop_i
                 active = [active[row] for row in keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1)
             positions = positions + 1
-            hidden = model.get_decoder()(input_ids=next_ids, attention_mask=attention_mask, position_ids=positions,
-                                         cache=cache, use_cache=True).last_hidden_state[:, -1]
+            hidden = backbone(model, cache, input_ids=next_ids, attention_mask=attention_mask,
+                              position_ids=positions)[:, -1]
     return generated
 
 
@@ -71,10 +73,10 @@ def prefill(model, input_ids, attention_mask, positions) -> tuple[DynamicCache, 
     for start in range(0, input_ids.shape[0], PREFILL_ROWS):
         rows = slice(start, start + PREFILL_ROWS)
         cache = DynamicCache(config=model.config)
-        out = model.get_decoder()(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
-                                  position_ids=positions[rows], cache=cache, use_cache=True)
+        out = backbone(model, cache, input_ids=input_ids[rows], attention_mask=attention_mask[rows],
+                       position_ids=positions[rows])
         caches.append(cache)
-        hidden.append(out.last_hidden_state[:, -1])
+        hidden.append(out[:, -1])
     merged = caches[0]
     for index, layer in enumerate(merged.layers):
         if len(caches) > 1:
@@ -83,6 +85,14 @@ def prefill(model, input_ids, attention_mask, positions) -> tuple[DynamicCache, 
             for other in caches[1:]:  # free each part as soon as it is copied
                 other.layers[index].keys = other.layers[index].values = None
     return merged, torch.cat(hidden)
+
+
+def backbone(model, cache: DynamicCache, **inputs) -> torch.Tensor:
+    """The model's decoder stack (no LM head) on `inputs`, extending `cache`; its last hidden states."""
+    decoder = model.get_decoder()
+    # transformers 5.2x calls the argument `cache`; earlier 5.x releases (the GPU image's 5.17) `past_key_values`.
+    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    return decoder(**inputs, **{name: cache}, use_cache=True).last_hidden_state
 
 
 def greedy(model, hidden: torch.Tensor) -> torch.Tensor:
