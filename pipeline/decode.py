@@ -13,6 +13,7 @@ are the greedy outputs of `model.generate` (tested). Measured on the bench's 48 
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -77,35 +78,35 @@ def prefill(model, input_ids, attention_mask, positions) -> tuple[DynamicCache, 
                        position_ids=positions[rows])
         caches.append(cache)
         hidden.append(out[:, -1])
-    merged = caches[0]
-    for index, layer in enumerate(merged.layers):
-        if len(caches) > 1:
-            layer.keys = torch.cat([c.layers[index].keys for c in caches])
-            layer.values = torch.cat([c.layers[index].values for c in caches])
-            for other in caches[1:]:  # free each part as soon as it is copied
-                other.layers[index].keys = other.layers[index].values = None
+    merged, rest = caches[0], caches[1:]
+    for index, layer in enumerate(merged.layers if rest else []):
+        layer.keys = torch.cat([layer.keys] + [c.layers[index].keys for c in rest])
+        layer.values = torch.cat([layer.values] + [c.layers[index].values for c in rest])
+        for other in rest:  # free each part as soon as it is copied
+            other.layers[index].keys = other.layers[index].values = None
     return merged, torch.cat(hidden)
 
 
 def backbone(model, cache: DynamicCache, **inputs) -> torch.Tensor:
     """The model's decoder stack (no LM head) on `inputs`, extending `cache`; its last hidden states."""
     decoder = model.get_decoder()
-    # transformers 5.2x calls the argument `cache`; earlier 5.x releases (the GPU image's 5.17) `past_key_values`.
-    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-    return decoder(**inputs, **{name: cache}, use_cache=True).last_hidden_state
+    return decoder(**inputs, **{cache_argument(type(decoder)): cache}, use_cache=True).last_hidden_state
+
+
+@functools.cache
+def cache_argument(decoder_class) -> str:
+    """transformers 5.2x calls the argument `cache`; earlier 5.x releases (the GPU image's 5.17) `past_key_values`.
+    Looked up once per class, not at every step."""
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
 
 
 def greedy(model, hidden: torch.Tensor) -> torch.Tensor:
     """argmax over the vocabulary of the model's logits, one chunk of the output layer at a time."""
     weight = model.get_output_embeddings().weight
     linear = fast_linear(weight)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
     best_value = best_index = None
     for start in range(0, weight.shape[0], VOCAB_CHUNK):
-        logits = linear(hidden, weight[start:start + VOCAB_CHUNK])
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        value, index = logits.max(dim=-1)
+        value, index = softcapped(model, linear(hidden, weight[start:start + VOCAB_CHUNK])).max(dim=-1)
         if best_value is None:
             best_value, best_index = value, index
         else:
@@ -117,16 +118,19 @@ def greedy(model, hidden: torch.Tensor) -> torch.Tensor:
 
 def sample(model, hidden: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
     weight = model.get_output_embeddings().weight
-    logits = fast_linear(weight)(hidden, weight).float()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
+    logits = softcapped(model, fast_linear(weight)(hidden, weight).float())
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:  # nucleus: the smallest set of tokens whose probability reaches top_p
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def softcapped(model, logits: torch.Tensor) -> torch.Tensor:
+    """The model's final logit soft-capping (Gemma 2 style), as its own forward applies it; None means none."""
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
 def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
