@@ -9,11 +9,13 @@ a default (the tutorial's `q_prog` typo is the cautionary tale).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
 
@@ -31,9 +33,14 @@ class ModelConfig:
     cache_dir: Optional[str] = None
     # File holding a Hub token; otherwise HF_TOKEN or HF_TOKEN_FILE from the environment.
     token_file: Optional[str] = None
-    # auto = bf16 on GPUs that support it, fp32 on CPU. float16 is refused for Gemma 3 (it overflows).
+    # auto = bf16 on GPUs that support it, fp32 on CPU. float16 is refused for Gemma 3 when the model's config is
+    # read (its activations overflow fp16 and the loss turns NaN).
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    # An existing LoRA adapter to evaluate as "tuned" instead of training one: a local directory with
+    # adapter_config.json + adapter_model.safetensors, or a Hub id (at adapter_revision). `run` then skips training.
+    adapter: Optional[str] = None
+    adapter_revision: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -47,9 +54,13 @@ class DataConfig:
     revision: Optional[str] = None
     input_column: str = "input"
     target_column: str = "target"
+    # A column holding the question type (the English SoQG layout: thought / question / label): the target then
+    # becomes "(label) question", the layout type accuracy and the per-type table read. null: the target carries it.
+    label_column: Optional[str] = None
     # The first N rows (not a random sample), so runs are comparable; null = the whole split.
     max_train_samples: Optional[int] = None
-    max_eval_samples: Optional[int] = None
+    max_validation_samples: Optional[int] = None
+    max_test_samples: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -88,26 +99,41 @@ class TrainConfig:
     padding_free: bool = True
     # Prompts longer than this are cut from the left of the context (the completion is never cut).
     max_prompt_tokens: int = 512
+    # The Trainer's own search: halve the batch on an out-of-memory error and retry (GPU).
+    auto_find_batch_size: bool = False
+    # Trainer integrations to log to (each must be installed); the score stage logs its metrics to the same run.
+    report_to: tuple[Literal["tensorboard", "mlflow", "wandb", "trackio"], ...] = ()
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    batch_size: int = 8
+    # auto: start at max_batch_size and halve on an out-of-memory error (accelerate's find_executable_batch_size).
+    batch_size: Union[int, Literal["auto"]] = 8
+    max_batch_size: int = 64
     max_new_tokens: int = 64
     max_prompt_tokens: int = 512
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 42
-    # A question is one line: stop at the first newline.
+    # A question is one line: stop at the first newline that follows some text.
     stop_strings: tuple[str, ...] = ("\n",)
+    # More adapters to evaluate in the same pass, {name: local dir or Hub id}: the base model is loaded once.
+    adapters: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
+    # How ROUGE and BLEU split text into tokens: Korean morphemes (mecab-ko), sacrebleu's 13a or intl for
+    # space-separated languages, or characters.
+    tokenize: Literal["ko-mecab", "13a", "intl", "char"] = "ko-mecab"
     bootstrap_samples: int = 1000
     seed: int = 12345
     num_examples: int = 10
+    # The model the paired-bootstrap deltas are taken against.
+    reference: str = "base"
+    # Also evaluate every training checkpoint still on disk (one metric point per saved step in the report).
+    checkpoints: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,16 +184,20 @@ def to_dict(cfg: Config) -> dict:
 
 
 def validate(cfg: Config) -> None:
-    """Checks across fields that types alone cannot express."""
+    """Checks across fields that types alone cannot express. Values only the installed transformers/TRL can judge
+    (optimizer and scheduler names) are checked by the train stage before any model loads."""
     positive = {
         "lora.r": cfg.lora.r, "lora.alpha": cfg.lora.alpha, "train.learning_rate": cfg.train.learning_rate,
         "train.per_device_train_batch_size": cfg.train.per_device_train_batch_size,
         "train.gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,
         "train.logging_steps": cfg.train.logging_steps, "train.save_steps": cfg.train.save_steps,
-        "train.max_prompt_tokens": cfg.train.max_prompt_tokens, "generate.batch_size": cfg.generate.batch_size,
+        "train.max_prompt_tokens": cfg.train.max_prompt_tokens, "generate.max_batch_size": cfg.generate.max_batch_size,
         "generate.max_new_tokens": cfg.generate.max_new_tokens,
         "generate.max_prompt_tokens": cfg.generate.max_prompt_tokens,
+        "score.bootstrap_samples": cfg.score.bootstrap_samples,
     }
+    if cfg.generate.batch_size != "auto":
+        positive["generate.batch_size"] = cfg.generate.batch_size
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
@@ -177,18 +207,35 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {cfg.train.warmup_ratio}")
     if not cfg.lora.target_modules:
         raise ConfigError("lora.target_modules must name at least one module")
-    for key in ("max_train_samples", "max_eval_samples"):
+    for key in ("max_train_samples", "max_validation_samples", "max_test_samples"):
         value = getattr(cfg.data, key)
         if value is not None and value <= 0:
             raise ConfigError(f"data.{key} must be > 0 or null, got {value}")
-    if cfg.model.dtype == "float16" and is_gemma3_name(cfg.model.source):
-        raise ConfigError("model.dtype=float16 is refused for Gemma 3: its activations overflow fp16 and the "
-                          "loss turns NaN; use bfloat16 (GPU) or float32 (CPU), or auto")
+    for name in cfg.generate.adapters:
+        if name in RESERVED_MODEL_NAMES or not MODEL_NAME.fullmatch(name) or name.startswith("checkpoint-"):
+            raise ConfigError(f"generate.adapters: {name!r} cannot name an adapter: use letters, digits, '.', '_' "
+                              f"or '-', not {', '.join(RESERVED_MODEL_NAMES)} or checkpoint-N")
+    known = {*RESERVED_MODEL_NAMES, *cfg.generate.adapters}
+    if cfg.score.reference not in known and not CHECKPOINT_NAME.fullmatch(cfg.score.reference):
+        raise ConfigError(f"score.reference: {cfg.score.reference!r} is not a model of this run "
+                          f"({', '.join(sorted(known))}, or checkpoint-N with score.checkpoints)")
+    for integration in cfg.train.report_to:
+        package = TRACKER_PACKAGES[integration]
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(f"train.report_to: {integration} needs the {package} package, which is not "
+                              f"installed (pip install {package}), or remove it from train.report_to")
 
 
-def is_gemma3_name(source: str) -> bool:
-    name = source.lower()
-    return source == EMBEDDED_GEMMA_270M or "gemma-3" in name or "gemma3" in name
+# Models every run has: the base model and the tuned one (trained here, or model.adapter).
+RESERVED_MODEL_NAMES = ("base", "tuned")
+MODEL_NAME = re.compile(r"[A-Za-z0-9._-]+")
+CHECKPOINT_NAME = re.compile(r"checkpoint-[0-9]+")
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
+# Keys that were renamed or split: naming the new keys beats a bare "unknown key".
+REMOVED_KEYS = {
+    "data.max_eval_samples": "data.max_eval_samples was split into data.max_validation_samples (validation loss) "
+                             "and data.max_test_samples (the rows generated and scored); set those instead",
+}
 
 
 # --- building typed dataclasses from plain YAML values -------------------------------------------------------
@@ -202,9 +249,11 @@ def _apply_override(raw: dict, item: str) -> None:
     for depth, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(cls)}
         if part not in fields:
-            raise ConfigError(f"unknown config key: {key}")
+            raise unknown_key(key)
         hint = typing.get_type_hints(cls)[part]
         is_last = depth == len(parts) - 1
+        if typing.get_origin(hint) is dict and depth == len(parts) - 2:  # generate.adapters.NAME=path
+            break
         if dataclasses.is_dataclass(hint) != (not is_last):
             raise ConfigError(f"{key}: override a single value such as {key}.<field>=..., not a whole section"
                               if is_last else f"unknown config key: {key}")
@@ -229,7 +278,7 @@ def _build(cls, raw, prefix: str):
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in names:
-            raise ConfigError(f"unknown config key: {prefix}{key}")
+            raise unknown_key(f"{prefix}{key}")
     values = {}
     for name in names & raw.keys():
         hint = hints[name]
@@ -241,13 +290,30 @@ def _build(cls, raw, prefix: str):
     return cls(**values)
 
 
+def unknown_key(key: str) -> ConfigError:
+    return ConfigError(REMOVED_KEYS.get(key, f"unknown config key: {key}"))
+
+
 def _coerce(value, hint, key: str):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _coerce(value, options[0], key)
+        for inner in options:  # int | Literal["auto"]: the first type that takes the value
+            try:
+                return _coerce(value, inner, key)
+            except ConfigError:
+                pass
+        expected = " or ".join(", ".join(map(str, typing.get_args(o))) if typing.get_origin(o) is Literal
+                               else f"a value of type {o.__name__}" for o in options)
+        raise ConfigError(f"{key}: expected {expected}; got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of name: value, got {type(value).__name__} {value!r}")
+        return {_coerce(k, args[0], f"{key} (a name)"): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}; got {value!r}")

@@ -27,7 +27,7 @@ def test_1b_config_is_the_tutorial_run_with_bugs_fixed():
     cfg = load_config(ROOT / "configs/gemma3-1b-korean-socratic.yaml")
     assert cfg.model.source == "google/gemma-3-1b-it" and cfg.model.dtype == "bfloat16"
     assert cfg.data.source == "JosephLee/korean-socratic-qa"
-    assert cfg.data.max_train_samples == 1000 and cfg.data.max_eval_samples is None
+    assert cfg.data.max_train_samples == 1000 and cfg.data.max_test_samples is None
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 32, 0.05)
     assert cfg.lora.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
     assert cfg.train.learning_rate == 1e-4 and cfg.train.per_device_train_batch_size == 4
@@ -39,12 +39,18 @@ def test_1b_config_is_the_tutorial_run_with_bugs_fixed():
 
 def test_overrides_are_typed():
     cfg = load_config(ROOT / "configs/demo.yaml", [
-        "train.learning_rate=2e-4", "lora.target_modules=[q_proj,v_proj]", "data.max_eval_samples=5",
+        "train.learning_rate=2e-4", "lora.target_modules=[q_proj,v_proj]", "data.max_test_samples=5",
         "train.gradient_checkpointing=true", "data.max_train_samples=null", "output.dir=/tmp/x",
+        "generate.batch_size=auto", "generate.adapters.prod=/models/prod", "score.tokenize=13a",
     ])
     assert cfg.train.learning_rate == pytest.approx(2e-4)
     assert cfg.lora.target_modules == ("q_proj", "v_proj")
-    assert cfg.data.max_eval_samples == 5 and cfg.data.max_train_samples is None
+    assert cfg.data.max_test_samples == 5 and cfg.data.max_train_samples is None
+    assert cfg.generate.batch_size == "auto" and cfg.generate.adapters == {"prod": "/models/prod"}
+    assert cfg.score.tokenize == "13a"
+    assert load_config(None, ["generate.batch_size=12"]).generate.batch_size == 12
+    both = load_config(None, ["generate.adapters={a: /x, b: /y}"]).generate.adapters
+    assert both == {"a": "/x", "b": "/y"}
     assert cfg.train.gradient_checkpointing is True
     assert cfg.output.dir == "/tmp/x"
 
@@ -59,6 +65,12 @@ def test_overrides_are_typed():
     ("lora.target_modules=[1,2]", "lora.target_modules[0]"),
     ("train=3", "train"),
     ("generate.batch_size=0", "generate.batch_size"),
+    ("generate.batch_size=biggest", "generate.batch_size"),
+    ("generate.adapters=[a,b]", "generate.adapters"),
+    ("generate.adapters.base=/x", "generate.adapters"),
+    ("score.tokenize=spm", "score.tokenize"),
+    ("score.reference=nobody", "score.reference"),
+    ("train.report_to=[comet]", "train.report_to[0]"),
 ])
 def test_bad_override_exits_2_naming_the_key(override, named, capsys):
     assert main(["config", "show", "--config", str(ROOT / "configs/demo.yaml"), override]) == 2
@@ -83,6 +95,16 @@ def test_unknown_key_and_wrong_type_in_yaml_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_fp16_with_gemma3_is_refused_with_the_reason():
-    with pytest.raises(ConfigError, match="overflow"):
-        load_config(ROOT / "configs/gemma3-1b-korean-socratic.yaml", ["model.dtype=float16"])
+def test_a_split_key_names_its_successors(capsys):
+    assert main(["config", "show", "data.max_eval_samples=100"]) == 2
+    err = capsys.readouterr().err
+    assert "data.max_validation_samples" in err and "data.max_test_samples" in err and err.count("\n") == 1
+
+
+def test_a_tracker_that_is_not_installed_is_named(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"train.report_to: wandb needs the wandb package"):
+        load_config(None, ["train.report_to=[wandb]"])
