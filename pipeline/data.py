@@ -1,65 +1,65 @@
-"""Data sources: a Hub dataset id, or local jsonl/csv/parquet files, loaded through `datasets`.
+"""Data sources: a Hub dataset id (through `datasets`), or local jsonl/csv/parquet files read here.
 
-Every split comes back with the columns `id` ("test:17", stable across runs), `input` and `target`, and is
-validated before any work starts: a bad row is reported with its file, split, row number and column.
-Row numbers are 1-based rows of the file (for jsonl, the line number), ids are 0-based indices of the split.
+Every split comes back as plain rows {"id": "test:17", "input": ..., "target": ...} (ids stable across runs),
+validated before any work starts: a bad row is reported with its file, split, row number and column, and all
+text is NFC-normalized (pipeline/text.py), so NFD and NFC copies of a dataset are the same data.
+
+Row numbers: jsonl, the line of the file; csv, the data row (the header is row 0) and its line; parquet and the
+Hub, the 1-based row. Ids are 0-based indices of the split.
+
+Local files are read here rather than by `datasets`, whose parsers cannot say which line is bad and reject what
+people produce every day: a UTF-8 byte-order mark, a trailing blank line.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
-import re
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pipeline.config import DataConfig
-from pipeline.errors import DataError, ResourceError, is_offline_error
-
-if TYPE_CHECKING:  # imported where used: the score stage and split_label need none of its ~80 MB
-    import datasets
+from pipeline.errors import DataError, ResourceError, first_line, is_offline_error
+from pipeline.text import normalize, split_label, with_label
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-LABEL_PATTERN = re.compile(r"^\s*\(([^()]+)\)\s*")
+SUFFIXES = (".jsonl", ".csv", ".parquet")
 
 
-def split_label(text: str) -> tuple[str | None, str]:
-    """'(다른 관점 생각하기) 질문?' -> ('다른 관점 생각하기', '질문?'); no leading label -> (None, text)."""
-    match = LABEL_PATTERN.match(text)
-    if not match:
-        return None, text.strip()
-    return match.group(1).strip(), text[match.end():].strip()
-
-
-def load_split(cfg: DataConfig, split: str, token: str | None = None, limit: int | None = None) -> datasets.Dataset:
-    """One validated split with columns id/input/target; `limit` keeps the first N rows."""
-    import datasets
-
+def load_split(cfg: DataConfig, split: str, token: str | None = None, limit: int | None = None) -> list[dict]:
+    """One validated split as rows {id, input, target}; `limit` keeps the first N rows."""
     path = local_split_path(cfg, split)
-    where = str(path) if path else f"{cfg.source} (Hub)"
-    if path is not None:
-        if path.suffix == ".jsonl":
-            _check_jsonl(path, split, (cfg.input_column, cfg.target_column))
-        try:
-            dataset = datasets.load_dataset(BUILDERS[path.suffix], data_files={split: str(path)}, split=split)
-        except Exception as exc:  # pyarrow/csv parser errors carry no row number; this is the best we know
-            raise DataError(f"{path} (split {split}): cannot be read: {_first_line(exc)}") from None
+    columns = [c for c in (cfg.input_column, cfg.target_column, cfg.label_column) if c]
+    if path is None:
+        where, numbered = f"{cfg.source} (Hub, split {split})", _hub_rows(cfg, split, token, columns)
     else:
-        dataset = _load_hub_split(cfg, split, token)
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    _validate(dataset, cfg, split, where)
-    dataset = dataset.select_columns([cfg.input_column, cfg.target_column])
-    if cfg.input_column != "input":
-        dataset = dataset.rename_column(cfg.input_column, "input")
-    if cfg.target_column != "target":
-        dataset = dataset.rename_column(cfg.target_column, "target")
-    ids = [f"{split}:{i}" for i in range(len(dataset))]
-    return dataset.add_column("id", ids).select_columns(["id", "input", "target"])
+        where, numbered = f"{path} (split {split})", _file_rows(path, split)
+    rows = []
+    for place, raw in numbered:
+        if limit is not None and len(rows) >= limit:
+            break
+        if not isinstance(raw, dict):
+            raise DataError(f"{where} {place}: expected an object with named columns, got {type(raw).__name__}")
+        values = {}
+        for column in columns:
+            if column not in raw:
+                raise DataError(f"{where} {place}: column {column!r} is missing (columns: {', '.join(raw)}; "
+                                "set data.input_column / target_column / label_column)")
+            problem = _value_problem(raw[column])
+            if problem:
+                raise DataError(f"{where} {place}: column {column!r} {problem}")
+            values[column] = normalize(raw[column])
+        target = values[cfg.target_column]
+        if cfg.label_column:
+            target = with_label(values[cfg.label_column], target)
+        rows.append({"id": f"{split}:{len(rows)}", "input": values[cfg.input_column], "target": target})
+    if not rows:
+        raise DataError(f"{where}: the split has no rows")
+    return rows
 
 
 def local_split_path(cfg: DataConfig, split: str) -> Path | None:
@@ -69,81 +69,115 @@ def local_split_path(cfg: DataConfig, split: str) -> Path | None:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise DataError(f"data.{split}_path: file not found: {path}")
-        if path.suffix not in BUILDERS:
-            raise DataError(f"data.{split}_path: {path} must end in one of {', '.join(BUILDERS)}")
+        if path.suffix not in SUFFIXES:
+            raise DataError(f"data.{split}_path: {path} must end in one of {', '.join(SUFFIXES)}")
         return path
     source = Path(cfg.source).expanduser()
     if source.is_dir():
-        candidates = [source / f"{split}{ext}" for ext in BUILDERS if (source / f"{split}{ext}").is_file()]
+        candidates = [source / f"{split}{ext}" for ext in SUFFIXES if (source / f"{split}{ext}").is_file()]
         if not candidates:
-            raise DataError(f"data.source: {source} has no {split} file ({', '.join(split + e for e in BUILDERS)})")
+            raise DataError(f"data.source: {source} has no {split} file ({', '.join(split + e for e in SUFFIXES)})")
         return candidates[0]
-    if source.is_file() or cfg.source.startswith((".", "/", "~")) or source.suffix in BUILDERS:
+    if source.is_file() or cfg.source.startswith((".", "/", "~")) or source.suffix in SUFFIXES:
         raise DataError(f"data.source: {source} is not a directory of split files (missing or a single file; "
                         f"give per-split files with data.train_path / data.validation_path / data.test_path)")
     return None
 
 
-def label_counts(dataset: datasets.Dataset) -> Counter:
-    return Counter(split_label(t)[0] or "(no label)" for t in dataset["target"])
+def label_counts(rows: list[dict]) -> Counter:
+    return Counter(split_label(row["target"])[0] or "(no label)" for row in rows)
 
 
-def warn_on_overlap(splits: dict[str, datasets.Dataset]) -> dict[str, int]:
+def warn_on_overlap(splits: dict[str, list[dict]]) -> dict[str, int]:
     """Counts inputs shared between splits (leakage); logs a warning per pair and returns the counts."""
     names = list(splits)
     overlap = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            shared = len(set(splits[a]["input"]) & set(splits[b]["input"]))
+            shared = len({r["input"] for r in splits[a]} & {r["input"] for r in splits[b]})
             if shared:
                 overlap[f"{a}/{b}"] = shared
                 log.warning("%d inputs appear in both %s and %s: scores on %s may be inflated", shared, a, b, b)
     return overlap
 
 
-def _load_hub_split(cfg: DataConfig, split: str, token: str | None) -> datasets.Dataset:
+# --- reading: each yields (place, row) with the place a row is reported by ------------------------------------
+
+def _file_rows(path: Path, split: str):
+    where = f"{path} (split {split})"
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{where}: cannot be read: {exc.strerror}") from None
+    if path.suffix == ".parquet":
+        return _parquet_rows(content, where)
+    text = _decode(content, where)
+    return _csv_rows(text, where) if path.suffix == ".csv" else _jsonl_rows(text, where)
+
+
+def _decode(content: bytes, where: str) -> str:
+    """UTF-8 text without a leading byte-order mark; a bad byte is reported with its line."""
+    try:
+        return content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = content.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{where} line {line}: not valid UTF-8 (byte 0x{content[exc.start]:02x} at offset "
+                        f"{exc.start}); re-save the file as UTF-8") from None
+
+
+def _jsonl_rows(text: str, where: str):
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():  # blank lines, a trailing newline, \r\n endings
+            continue
+        try:
+            yield f"row {number}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where} row {number}: malformed JSON: {exc.msg}") from None
+
+
+def _csv_rows(text: str, where: str):
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        return
+    for number, fields in enumerate(reader, start=1):
+        if not any(field.strip() for field in fields):
+            continue
+        if len(fields) != len(header):
+            raise DataError(f"{where} row {number} (line {reader.line_num}): {len(fields)} fields where the header "
+                            f"has {len(header)} ({', '.join(header)})")
+        yield f"row {number}", dict(zip(header, fields))
+
+
+def _parquet_rows(content: bytes, where: str):
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        table = pyarrow.parquet.read_table(pyarrow.BufferReader(content))
+    except pyarrow.ArrowException as exc:
+        raise DataError(f"{where}: cannot be read as parquet: {first_line(exc)}") from None
+    for index, row in enumerate(table.to_pylist()):
+        yield f"row {index + 1}", row
+
+
+def _hub_rows(cfg: DataConfig, split: str, token: str | None, columns: list[str]):
     import datasets
 
     try:
-        return datasets.load_dataset(cfg.source, split=split, revision=cfg.revision, token=token)
+        dataset = datasets.load_dataset(cfg.source, split=split, revision=cfg.revision, token=token)
     except Exception as exc:
         if is_offline_error(exc):
             raise ResourceError(f"cannot load dataset {cfg.source!r} from the Hub: the Hub is unreachable "
                                 "(offline?); download it where there is network and set data.source to a local "
                                 "directory of train/validation/test files") from None
-        raise ResourceError(f"cannot load split {split!r} of dataset {cfg.source!r}: {_first_line(exc)}") from None
-
-
-def _check_jsonl(path: Path, split: str, columns: tuple[str, str]) -> None:
-    """datasets reports a malformed or mistyped jsonl line without its number; check each line ourselves."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                raise DataError(f"{path} (split {split}) row {number}: blank line")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path} (split {split}) row {number}: malformed JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path} (split {split}) row {number}: expected a JSON object, "
-                                f"got {type(row).__name__}")
-            for column in columns:
-                problem = _value_problem(row.get(column))
-                if problem:
-                    raise DataError(f"{path} (split {split}) row {number}: column {column!r} {problem}")
-
-
-def _validate(dataset: datasets.Dataset, cfg: DataConfig, split: str, where: str) -> None:
-    if len(dataset) == 0:
-        raise DataError(f"{where} (split {split}): the split is empty")
-    for column in (cfg.input_column, cfg.target_column):
-        if column not in dataset.column_names:
-            raise DataError(f"{where} (split {split}): required column {column!r} is missing "
-                            f"(columns: {', '.join(dataset.column_names)}; set data.input_column/target_column)")
-        for index, value in enumerate(dataset[column]):
-            problem = _value_problem(value)
-            if problem:
-                raise DataError(f"{where} (split {split}) row {index + 1}: column {column!r} {problem}")
+        raise ResourceError(f"cannot load split {split!r} of dataset {cfg.source!r}: {first_line(exc)}") from None
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise DataError(f"{cfg.source} (Hub, split {split}): column {missing[0]!r} is missing (columns: "
+                        f"{', '.join(dataset.column_names)}; set data.input_column / target_column / label_column)")
+    for index, row in enumerate(dataset.select_columns(columns).to_list()):
+        yield f"row {index + 1}", row
 
 
 def _value_problem(value) -> str | None:
@@ -154,8 +188,3 @@ def _value_problem(value) -> str | None:
     if not value.strip():
         return "is empty or whitespace only"
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

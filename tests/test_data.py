@@ -1,4 +1,5 @@
 import json
+import unicodedata
 
 import pytest
 
@@ -41,9 +42,33 @@ def test_load_split_gives_stable_ids_and_renamed_columns(tmp_path):
     path = write_jsonl(tmp_path / "test.jsonl", rows)
     cfg = DataConfig(source=str(tmp_path), test_path=str(path), input_column="argument", target_column="question")
     split = data.load_split(cfg, "test", limit=3)
-    assert split.column_names == ["id", "input", "target"]
-    assert split["id"] == ["test:0", "test:1", "test:2"]
-    assert split["input"] == [r["argument"] for r in rows[:3]]
+    assert [sorted(row) for row in split] == [["id", "input", "target"]] * 3
+    assert [row["id"] for row in split] == ["test:0", "test:1", "test:2"]
+    assert [row["input"] for row in split] == [r["argument"] for r in rows[:3]]
+
+
+def test_a_label_column_builds_the_labelled_target(tmp_path):
+    rows = [{"thought": "Cars should be banned downtown.", "question": "Why downtown only?", "label": "clarity"},
+            {"thought": "Tax sugar.", "question": "What would people buy instead?", "label": " implication "}]
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    cfg = DataConfig(source=str(tmp_path), input_column="thought", target_column="question", label_column="label")
+    split = data.load_split(cfg, "test")
+    assert [row["target"] for row in split] == ["(clarity) Why downtown only?",
+                                                "(implication) What would people buy instead?"]
+    assert data.split_label(split[1]["target"]) == ("implication", "What would people buy instead?")
+    rows[1]["label"] = ""
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    with pytest.raises(DataError, match=r"row 2: column 'label' is empty"):
+        data.load_split(cfg, "test")
+
+
+def test_nfd_text_is_loaded_as_nfc(tmp_path):
+    rows = korean_rows(3)
+    nfd = [{k: unicodedata.normalize("NFD", v) for k, v in row.items()} for row in rows]
+    assert nfd[0]["input"] != rows[0]["input"]  # the file really holds jamo
+    write_jsonl(tmp_path / "test.jsonl", nfd)
+    loaded = data.load_split(DataConfig(source=str(tmp_path)), "test")
+    assert [{"input": r["input"], "target": r["target"]} for r in loaded] == rows
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
@@ -55,6 +80,7 @@ def test_csv_and_parquet_directories_load(tmp_path, suffix):
         getattr(frame, f"to_{suffix}")(tmp_path / f"{split}.{suffix}", index=False)
     split = data.load_split(DataConfig(source=str(tmp_path)), "validation")
     assert len(split) == 4 and split[0]["target"] == frame.target[0]
+    assert split[3] == {"id": "validation:3", "input": frame.input[3], "target": frame.target[3]}
 
 
 def bad_jsonl(tmp_path, mutate):
@@ -100,13 +126,13 @@ def test_missing_column_everywhere_lists_the_columns(tmp_path):
 
     pd.DataFrame([{"input": r["input"], "question": r["target"]} for r in korean_rows(3)]).to_csv(
         tmp_path / "train.csv", index=False)
-    with pytest.raises(DataError, match=r"required column 'target' is missing \(columns: input, question"):
+    with pytest.raises(DataError, match=r"row 1: column 'target' is missing \(columns: input, question"):
         data.load_split(DataConfig(source=str(tmp_path)), "train")
 
 
 def test_empty_split_and_missing_files(tmp_path):
     write_jsonl(tmp_path / "empty" / "test.jsonl", [])
-    with pytest.raises(DataError, match="empty"):
+    with pytest.raises(DataError, match="the split has no rows"):
         data.load_split(DataConfig(source=str(tmp_path / "empty")), "test")
     with pytest.raises(DataError, match=r"data.test_path: file not found: .*nope.jsonl"):
         data.load_split(DataConfig(test_path=str(tmp_path / "nope.jsonl")), "test")
@@ -143,3 +169,57 @@ def test_data_check_cli(tmp_path, capsys):
 def test_split_label():
     assert data.split_label("(다른 관점 생각하기) 왜요?") == ("다른 관점 생각하기", "왜요?")
     assert data.split_label("라벨 없는 질문?") == (None, "라벨 없는 질문?")
+
+
+# --- files real people produce: each case is the bytes of a test split, and what loading it must say ----------
+
+GOOD = [json.dumps(r, ensure_ascii=False) for r in korean_rows(3)]
+CSV_HEADER = "input,target\n"
+CSV_ROWS = "".join(f'"{r["input"]}","{r["target"]}"\n' for r in korean_rows(3))
+
+
+@pytest.mark.parametrize("name, filename, content, expected", [
+    ("BOM jsonl", "test.jsonl", b"\xef\xbb\xbf" + "\n".join(GOOD).encode() + b"\n", 3),
+    ("blank lines", "test.jsonl", ("\n" + GOOD[0] + "\n\n  \n" + "\n".join(GOOD[1:]) + "\n\n").encode(), 3),
+    ("CRLF jsonl", "test.jsonl", "\r\n".join(GOOD).encode() + b"\r\n", 3),
+    ("BOM csv", "test.csv", b"\xef\xbb\xbf" + (CSV_HEADER + CSV_ROWS).encode(), 3),
+    ("invalid UTF-8", "test.jsonl", ("\n".join(GOOD[:2]) + "\n").encode() + b'{"input": "\xff\xfe", "target": "x"}\n',
+     r"test.jsonl \(split test\) line 3: not valid UTF-8"),
+    ("empty file", "test.jsonl", b"", r"test.jsonl \(split test\): the split has no rows"),
+    ("blank-only file", "test.jsonl", b"\n\n  \n", r"the split has no rows"),
+    ("header-only csv", "test.csv", CSV_HEADER.encode(), r"test.csv \(split test\): the split has no rows"),
+    ("empty csv cell", "test.csv", (CSV_HEADER + CSV_ROWS + '"주장이다.",\n').encode(),
+     r"test.csv \(split test\) row 4: column 'target' is empty"),
+    ("ragged csv", "test.csv", (CSV_HEADER + CSV_ROWS[:-1] + ',"덧붙인 칸"\n').encode(),
+     r"test.csv \(split test\) row 3 \(line 4\): 3 fields where the header has 2"),
+    ("missing column", "test.jsonl", (GOOD[0] + '\n{"input": "주장"}\n').encode(),
+     r"test.jsonl \(split test\) row 2: column 'target' is missing"),
+    ("non-string value", "test.jsonl", (GOOD[0] + '\n{"input": "주장", "target": ["a"]}\n').encode(),
+     r"test.jsonl \(split test\) row 2: column 'target' must be a string, got list"),
+    ("not an object", "test.jsonl", (GOOD[0] + '\n["주장", "질문"]\n').encode(),
+     r"test.jsonl \(split test\) row 2: expected an object"),
+])
+def test_input_files_people_produce(tmp_path, name, filename, content, expected):
+    (tmp_path / filename).write_bytes(content)
+    cfg = DataConfig(source=str(tmp_path))
+    if isinstance(expected, int):
+        rows = data.load_split(cfg, "test")
+        assert [row["target"] for row in rows] == [r["target"] for r in korean_rows(expected)], name
+    else:
+        with pytest.raises(DataError, match=expected):
+            data.load_split(cfg, "test")
+
+
+def test_bad_test_split_fails_train_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    """train validates the test split too: a bad test row must not cost a training run."""
+    from pipeline import models
+
+    for split in data.SPLITS:
+        write_jsonl(tmp_path / f"{split}.jsonl", korean_rows(4))
+    (tmp_path / "test.jsonl").write_bytes(b'{"input": "\xc3\x28", "target": "x"}\n')
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(models, "resolve_source", lambda *a, **k: pytest.fail("the model was resolved"))
+    assert main(["train", f"data.source={tmp_path}", f"output.dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "test.jsonl (split test) line 1: not valid UTF-8" in err[-1]
+    assert not (tmp_path / "out" / "train").exists()
