@@ -2,16 +2,65 @@
 
     python entrypoint.py compare --baseline A.json --candidate B.json --max-drop rougeL=0.01,bleu=0.5
 
-A metric regresses when the candidate's tuned value is lower than the baseline's by more than its allowed
-drop (in the metric's own units: ROUGE in [0, 1], BLEU/chrF in [0, 100]). With --require-improvement the
-candidate must also beat its own base model on each named metric with a one-sided bootstrap p < 0.05.
+The two reports must describe the same test rows with the same metric settings (their fingerprints), or the gate
+refuses (exit 2) unless --allow-different-data. A metric regresses when the candidate model (--model, default
+tuned) is worse than the baseline's by more than its allowed drop, in the metric's own units (ROUGE in [0, 1],
+BLEU/chrF in [0, 100]) and in its direction: quality metrics may not fall, failure rates (empty_rate,
+hit_max_new_tokens_rate) may not rise; lengths have no direction and cannot be gated.
+
+Paired rule (when both reports' predictions are at hand): the rows are matched by id, the candidate-minus-baseline
+difference gets a 95% paired-bootstrap interval, and a metric fails only when its drop is beyond the limit *and*
+the interval excludes zero, so noise alone never fails a build. Unpaired rule (--unpaired, or no predictions): the
+drop alone decides. With --require-improvement the candidate model must also beat its own base model with a
+one-sided bootstrap p < 0.05 on each named metric.
 """
 
 from __future__ import annotations
 
-from pipeline.errors import ConfigError
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval import metrics
+from eval.report import SCHEMA_VERSION
+from eval.score import file_sha256, read_predictions
+from pipeline.errors import ConfigError, DataError
 
 P_THRESHOLD = 0.05
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: str  # "drop": the gate on a metric; "improvement": --require-improvement
+    metric: str
+    baseline: float
+    candidate: float
+    limit: float
+    ok: bool
+    rule: str  # paired, unpaired, or the significance test
+    interval: tuple[float, float] | None = None
+
+
+@dataclass
+class Verdict:
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+
+def load_report(path: Path) -> dict:
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a report.json: {exc}") from None
+    if not isinstance(report, dict) or report.get("schema_version") != SCHEMA_VERSION:
+        version = report.get("schema_version") if isinstance(report, dict) else None
+        raise DataError(f"{path} is a report of schema version {version!r}; this version compares {SCHEMA_VERSION!r} "
+                        "reports only: rescore it with this version (entrypoint.py score)")
+    return report
 
 
 def parse_max_drop(text: str) -> dict[str, float]:
@@ -29,32 +78,127 @@ def parse_max_drop(text: str) -> dict[str, float]:
     return allowed
 
 
-def compare(baseline: dict, candidate: dict, max_drop: dict[str, float],
-            require_improvement: bool = False) -> tuple[bool, list[dict]]:
-    """Returns (passed, one row per check)."""
-    available = sorted(candidate["metrics"]["tuned"])
-    rows = []
-    for name, allowed in max_drop.items():
-        if name not in available or name not in baseline["metrics"]["tuned"]:
-            raise ConfigError(f"--max-drop: unknown metric {name!r}; reports have {', '.join(available)}")
-        before, after = baseline["metrics"]["tuned"][name], candidate["metrics"]["tuned"][name]
-        drop = before - after
-        rows.append({"check": f"{name} drop", "baseline": before, "candidate": after, "limit": allowed,
-                     "value": drop, "ok": drop <= allowed + 1e-12})
+def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float], *, model: str = "tuned",
+            require_improvement: bool = False, unpaired: bool = False, baseline_predictions: Path | None = None,
+            allow_different_data: bool = False) -> Verdict:
+    baseline, candidate = load_report(baseline_path), load_report(candidate_path)
+    verdict = Verdict()
+    differences = different_settings(baseline, candidate)
+    if differences and not allow_different_data:
+        raise ConfigError(f"the reports are not comparable: {'; '.join(differences)} (pass --allow-different-data "
+                          "to compare them anyway)")
+    verdict.notes += [f"allowed by --allow-different-data: {difference}" for difference in differences]
+    for name in (n for n in (model, "base") if n not in baseline["metrics"] or n not in candidate["metrics"]):
+        raise ConfigError(f"--model: {name!r} is not a model of both reports (baseline: "
+                          f"{', '.join(baseline['models'])}; candidate: {', '.join(candidate['models'])})")
+    for name in max_drop:
+        if name not in metrics.DIRECTION or name not in candidate["metrics"][model]:
+            raise ConfigError(f"--max-drop: unknown metric {name!r}; reports have "
+                              f"{', '.join(sorted(candidate['metrics'][model]))}")
+        if metrics.DIRECTION[name] == metrics.NEITHER:
+            raise ConfigError(f"--max-drop: {name} describes the outputs and has no better direction; gate a "
+                              "quality metric or a failure rate (empty_rate, hit_max_new_tokens_rate)")
+
+    intervals = {}
+    if unpaired:
+        verdict.notes.append("rule: unpaired (--unpaired): the drop alone decides")
+    elif differences:
+        verdict.notes.append("rule: unpaired: the reports score different rows, so they cannot be paired")
+    else:
+        sources = (predictions_of(baseline, baseline_path, baseline_predictions),
+                   predictions_of(candidate, candidate_path, None))
+        if None in sources:
+            missing = baseline_path if sources[0] is None else candidate_path
+            verdict.notes.append(f"rule: unpaired: the predictions of {missing} are not at hand "
+                                 "(--baseline-predictions gives the baseline's)")
+        else:
+            intervals = paired_intervals(*sources, model, [n for n in max_drop if n not in UNPAIRABLE], candidate)
+            verdict.notes.append(f"rule: paired: {candidate['rows']} rows matched by id; a drop beyond the limit "
+                                 "fails only when the 95% interval of the difference excludes zero")
+
+    for name, limit in max_drop.items():
+        before, after = baseline["metrics"][model][name], candidate["metrics"][model][name]
+        worse = (before - after) * metrics.DIRECTION[name]  # > 0: the candidate is worse
+        if name in intervals:
+            low, high = intervals[name]["ci95_low"], intervals[name]["ci95_high"]
+            significant = high < 0 if metrics.DIRECTION[name] == metrics.HIGHER else low > 0
+            verdict.checks.append(Check("drop", name, before, after, limit, not (worse > limit + 1e-12 and significant),
+                                        "paired", (low, high)))
+        else:
+            verdict.checks.append(Check("drop", name, before, after, limit, worse <= limit + 1e-12, "unpaired"))
         if require_improvement:
-            if name not in candidate["deltas"]:
-                raise ConfigError(f"--require-improvement: no significance test for {name!r}; "
-                                  f"tested metrics are {', '.join(candidate['deltas'])}")
-            delta = candidate["deltas"][name]
-            rows.append({"check": f"{name} tuned>base", "baseline": candidate["metrics"]["base"][name],
-                         "candidate": after, "limit": P_THRESHOLD, "value": delta["p_value"],
-                         "ok": delta["delta"] > 0 and delta["p_value"] < P_THRESHOLD})
-    return all(row["ok"] for row in rows), rows
+            verdict.checks.append(improvement(candidate, model, name))
+    return verdict
 
 
-def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'check':<24}{'baseline':>11}{'candidate':>11}{'value':>10}{'limit':>9}  result"]
-    for row in rows:
-        lines.append(f"{row['check']:<24}{row['baseline']:>11.4f}{row['candidate']:>11.4f}{row['value']:>10.4f}"
-                     f"{row['limit']:>9.4f}  {'ok' if row['ok'] else 'REGRESSED' if 'drop' in row['check'] else 'FAILED'}")
-    return "\n".join(lines)
+# Metrics that are not a mean or a corpus score over per-example values of the predictions' text.
+UNPAIRABLE = ("hit_max_new_tokens_rate", "median_chars")
+
+
+def different_settings(baseline: dict, candidate: dict) -> list[str]:
+    found = []
+    for key, what in (("test_set", "test set"), ("metric_settings", "metric settings")):
+        a, b = baseline[key], candidate[key]
+        fingerprint = "sha256" if key == "test_set" else "fingerprint"
+        if a[fingerprint] != b[fingerprint]:
+            detail = (f"{a['rows']} rows {a['sha256'][:12]} vs {b['rows']} rows {b['sha256'][:12]}" if key == "test_set"
+                      else f"tokenize {a['tokenize']} vs {b['tokenize']}, fingerprint {a['fingerprint']} vs "
+                           f"{b['fingerprint']}")
+            found.append(f"different {what} (baseline vs candidate: {detail})")
+    return found
+
+
+def predictions_of(report: dict, report_path: Path, given: Path | None) -> Path | None:
+    """The report's predictions.jsonl: `given`, or where the report says (relative to the report), if its hash
+    still matches; None when it is not there."""
+    path = Path(given) if given else Path(report_path).parent / report["predictions"]["path"]
+    if not path.is_file():
+        return None
+    if file_sha256(path) != report["predictions"]["sha256"]:
+        raise DataError(f"{path} is not the predictions file {report_path} was scored from (its sha256 differs)")
+    return path
+
+
+def paired_intervals(baseline_predictions: Path, candidate_predictions: Path, model: str, names: list[str],
+                     candidate: dict) -> dict:
+    rows = [read_predictions(path)[model] for path in (baseline_predictions, candidate_predictions)]
+    by_id = {row["id"]: row for row in rows[0]}
+    if sorted(by_id) != sorted(row["id"] for row in rows[1]):
+        raise DataError(f"{baseline_predictions} and {candidate_predictions} do not hold the same rows of {model}")
+    matched = [(by_id[row["id"]], row) for row in rows[1]]
+    references = [b["reference"] for b, _ in matched]
+    tokenize, settings = candidate["metric_settings"]["tokenize"], candidate["config"]["score"]
+    scores = [metrics.ExampleScores([pair[i]["prediction"] for pair in matched], references, tokenize)
+              for i in (0, 1)]
+    return metrics.paired_bootstrap(*scores, names, settings["bootstrap_samples"], settings["seed"]) if names else {}
+
+
+def improvement(candidate: dict, model: str, name: str) -> Check:
+    if candidate["reference"] != "base" or name not in candidate["deltas"].get(model, {}):
+        raise ConfigError(f"--require-improvement: the candidate report has no paired test of {model} against base "
+                          f"for {name!r} (tested: {', '.join(metrics.REPORTED_DELTAS)}, with score.reference=base)")
+    delta = candidate["deltas"][model][name]
+    return Check("improvement", name, candidate["metrics"]["base"][name], candidate["metrics"][model][name],
+                 P_THRESHOLD, delta["delta"] * metrics.DIRECTION[name] > 0 and delta["p_value"] < P_THRESHOLD,
+                 f"better than base, p={delta['p_value']:.3f}", (delta["ci95_low"], delta["ci95_high"]))
+
+
+def format_verdict(verdict: Verdict, markdown: bool = False) -> str:
+    header = ["check", "baseline", "candidate", "change", "limit", "95% interval", "rule", "result"]
+    rows = []
+    for check in verdict.checks:
+        result = "ok" if check.ok else ("REGRESSED" if check.kind == "drop" else "FAILED")
+        interval = f"[{check.interval[0]:+.4f}, {check.interval[1]:+.4f}]" if check.interval else ""
+        what = f"{check.metric} {'drop' if check.kind == 'drop' else 'vs base'}"
+        rows.append([what, f"{check.baseline:.4f}", f"{check.candidate:.4f}", f"{check.candidate - check.baseline:+.4f}",
+                     f"{check.limit:.4f}", interval, check.rule, result])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * 5 + "---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += [""] + [f"- {note}" for note in verdict.notes]
+        lines.append(f"\n**{'PASSED' if verdict.passed else 'FAILED'}**")
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i in (0, 6, 7) else cell.rjust(w) for i, (cell, w) in
+                       enumerate(zip(row, widths))).rstrip() for row in [header] + rows]
+    return "\n".join(lines + verdict.notes)

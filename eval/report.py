@@ -11,10 +11,10 @@ from pathlib import Path
 
 import jsonschema
 
-from pipeline.stage import write_json_atomic, write_text_atomic
+from pipeline.stage import atomic_path, write_json_atomic, write_text_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
 # The headline rows of report.md and of `run`'s summary table.
 MAIN_METRICS = ("rougeL", "rouge1", "rouge2", "rougeL_char", "bleu", "chrf", "chrfpp", "rougeL_question",
                 "bleu_question", "type_accuracy", "known_label_rate", "hit_max_new_tokens_rate", "empty_rate",
@@ -37,92 +37,125 @@ def write_report(report: dict, output_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def compared_models(report: dict) -> list[str]:
+    """The models shown side by side: every model but the training checkpoints (they have their own table)."""
+    checkpoints = {c["model"] for c in report["checkpoints"]}
+    return [name for name in report["models"] if name not in checkpoints]
+
+
 def summary_table(report: dict) -> str:
-    """Plain-text table of the headline metrics: base, tuned, delta (+ interval and p where bootstrapped)."""
-    lines = [f"{'metric':<26}{'base':>10}{'tuned':>10}{'delta':>10}   95% interval        p"]
-    for name in MAIN_METRICS:
-        base, tuned = report["metrics"]["base"][name], report["metrics"]["tuned"][name]
-        line = f"{name:<26}{base:>10.4f}{tuned:>10.4f}{tuned - base:>+10.4f}"
-        if name in report["deltas"]:
-            d = report["deltas"][name]
-            line += f"   [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}]  {d['p_value']:.3f}"
-        lines.append(line)
+    """Plain-text table of the headline metrics per model, and each model's paired delta against the reference."""
+    models = compared_models(report)
+    lines = [f"{'metric':<26}" + "".join(f"{name[:12]:>13}" for name in models)]
+    for metric in MAIN_METRICS:
+        lines.append(f"{metric:<26}" + "".join(f"{report['metrics'][name][metric]:>13.4f}" for name in models))
+    lines += ["", f"paired bootstrap against {report['reference']}: delta [95% interval] p"]
+    for name, deltas in report["deltas"].items():
+        if name in models:
+            for metric, d in deltas.items():
+                lines.append(f"  {name:<14}{metric:<18}{d['delta']:>+10.4f}   [{d['ci95_low']:+.4f}, "
+                             f"{d['ci95_high']:+.4f}]  {d['p_value']:.3f}")
     return "\n".join(lines)
 
 
 def markdown(report: dict) -> str:
     cfg, train, gen = report["config"], report["train"], report["generate"]
+    models, reference = compared_models(report), report["reference"]
+    adapted = (f"LoRA r={cfg['lora']['r']} on {', '.join(train['adapted_modules'])}" if train
+               else f"the adapter {report['adapter']}")
     out = [
         "# Evaluation report", "",
-        f"Model `{cfg['model']['source']}` + LoRA r={cfg['lora']['r']} on {', '.join(train['adapted_modules'])}; "
-        f"data `{cfg['data']['source']}`, {report['rows']} test rows; config hash `{report['config_hash']}`; "
+        f"Model `{cfg['model']['source']}` + {adapted}; data `{cfg['data']['source']}`, {report['rows']} test rows "
+        f"(fingerprint `{report['test_set']['sha256'][:16]}`); metrics `{report['metric_settings']['tokenize']}` "
+        f"(fingerprint `{report['metric_settings']['fingerprint']}`); config hash `{report['config_hash']}`; "
         f"commit `{report['git']['commit']}`{' (dirty)' if report['git']['dirty'] else ''}; "
         f"{report['hardware']['accelerator']}; {report['created_at']}.", "",
-        "## Tuned vs base", "",
-        "ROUGE in [0, 1] over mecab-ko morphemes (rougeL_char: characters); BLEU (ko-mecab) and chrF in [0, 100]. "
-        "`_question`: the question with its `(type)` label removed. Intervals: paired bootstrap, "
-        f"{cfg['score']['bootstrap_samples']} resamples, seed {cfg['score']['seed']}; p is one-sided "
-        "(tuned not better).", "",
-        "| metric | base | tuned | delta | 95% interval | p |", "|---|---:|---:|---:|---|---:|",
+        "## Models", "",
+        f"ROUGE in [0, 1] over `{report['metric_settings']['tokenize']}` tokens (rougeL_char: characters); BLEU and "
+        "chrF in [0, 100]. `_question`: the question with its `(type)` label removed. Columns after base: the "
+        "model's value and its difference from base.", "",
+        "| metric | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models),
     ]
-    for name in report["metrics"]["base"]:
-        base, tuned = report["metrics"]["base"][name], report["metrics"]["tuned"][name]
-        d = report["deltas"].get(name)
-        interval = f"[{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}]" if d else ""
-        out.append(f"| {name} | {base:.4f} | {tuned:.4f} | {tuned - base:+.4f} | {interval} | "
-                   f"{d['p_value']:.3f} |" if d else f"| {name} | {base:.4f} | {tuned:.4f} | {tuned - base:+.4f} | | |")
-    out += ["", "## By question type (reference label)", "",
-            "| type | rows | ROUGE-L base | ROUGE-L tuned | BLEU base | BLEU tuned | type acc. base | type acc. tuned |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for metric in report["metrics"]["base"]:
+        base = report["metrics"]["base"][metric]
+        cells = [f"{base:.4f}"] + [f"{report['metrics'][m][metric]:.4f} ({report['metrics'][m][metric] - base:+.4f})"
+                                   for m in models[1:]]
+        out.append(f"| {metric} | " + " | ".join(cells) + " |")
+    out += ["", f"## Paired bootstrap against {reference}", "",
+            f"{cfg['score']['bootstrap_samples']} resamples of the same rows, seed {cfg['score']['seed']}; p is "
+            f"one-sided (the model is not better than {reference}).", "",
+            "| model | metric | delta | 95% interval | p |", "|---|---|---:|---|---:|"]
+    for name, deltas in report["deltas"].items():
+        for metric, d in deltas.items():
+            out.append(f"| {name} | {metric} | {d['delta']:+.4f} | [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}] | "
+                       f"{d['p_value']:.3f} |")
+    out += ["", "## By question type (reference label): ROUGE-L and type accuracy", "",
+            "| type | rows | " + " | ".join(f"{m} ROUGE-L | {m} type acc." for m in models) + " |",
+            "|---|---:|" + "---:|---:|" * len(models)]
     for label, base in report["per_type"]["base"].items():
-        tuned = report["per_type"]["tuned"][label]
-        out.append(f"| {label} | {base['rows']} | {base['rougeL']:.4f} | {tuned['rougeL']:.4f} | {base['bleu']:.2f} | "
-                   f"{tuned['bleu']:.2f} | {base['type_accuracy']:.3f} | {tuned['type_accuracy']:.3f} |")
-    first, last = (train["loss_curve"][0][1], train["loss_curve"][-1][1]) if train["loss_curve"] else (None, None)
-    out += ["", "## Training", "",
-            f"{train['steps']} steps, loss {first} → {last}, validation loss {train.get('validation_loss')}; "
-            f"{train['trainable_parameters']:,} trainable parameters; "
-            f"{train.get('examples_per_second')} examples/s, {train.get('tokens_per_second')} tokens/s.", "",
-            "## Generation", "", "| model | rows/s | tokens/s | hit max_new_tokens | mean new tokens |",
-            "|---|---:|---:|---:|---:|"]
+        cells = " | ".join(f"{report['per_type'][m][label]['rougeL']:.4f} | "
+                           f"{report['per_type'][m][label]['type_accuracy']:.3f}" for m in models)
+        out.append(f"| {label} | {base['rows']} | {cells} |")
+    if report["checkpoints"]:
+        out += ["", "## Training checkpoints", "", "| step | ROUGE-L | BLEU | chrF | type acc. |",
+                "|---:|---:|---:|---:|---:|"]
+        out += [f"| {c['step']} | {c['rougeL']:.4f} | {c['bleu']:.2f} | {c['chrf']:.2f} | {c['type_accuracy']:.3f} |"
+                for c in report["checkpoints"]]
+    if train:
+        first, last = (train["loss_curve"][0][1], train["loss_curve"][-1][1]) if train["loss_curve"] else (None, None)
+        out += ["", "## Training", "",
+                f"{train['steps']} steps, loss {first} → {last}, validation loss {train.get('validation_loss')}; "
+                f"{train['trainable_parameters']:,} trainable parameters; "
+                f"{train.get('examples_per_second')} examples/s, {train.get('tokens_per_second')} tokens/s."]
+    out += ["", "## Generation", "", "| model | rows/s | tokens/s | batch | hit max_new_tokens | mean new tokens |",
+            "|---|---:|---:|---:|---:|---:|"]
     for name, stats in gen["models"].items():
         out.append(f"| {name} | {stats.get('rows_per_second')} | {stats.get('tokens_per_second')} | "
-                   f"{stats['hit_max_new_tokens_rate']:.3f} | {stats['mean_new_tokens']} |")
+                   f"{stats.get('batch_size')} | {stats['hit_max_new_tokens_rate']:.3f} | {stats['mean_new_tokens']} |")
     out += ["", f"Prompts truncated: {gen['prompts_truncated']}. Stage wall times (s): " +
             ", ".join(f"{k} {v}" for k, v in report["stage_seconds"].items()) + ".", "", "## Examples", ""]
     for example in report["examples"]:
         out += [f"**{example['id']}** — {_one_line(example['input'])}", "",
-                f"- reference: {_one_line(example['reference'])}", f"- base: {_one_line(example['base'])}",
-                f"- tuned: {_one_line(example['tuned'])}", ""]
-    out += ["## Signatures", ""] + [f"- {k}: `{v}`" for k, v in report["signatures"].items()]
+                f"- reference: {_one_line(example['reference'])}"]
+        out += [f"- {name}: {_one_line(text)}" for name, text in example["predictions"].items()] + [""]
+    out += ["## Signatures", ""] + [f"- {k}: `{v}`" for k, v in report["metric_settings"]["signatures"].items()]
     return "\n".join(out) + "\n"
 
 
 def write_png(report: dict, path: Path) -> None:
+    """Training loss, ROUGE-L per saved checkpoint (where quality peaked), ROUGE-L per question type and model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (loss_ax, type_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    curve = report["train"]["loss_curve"]
+    fig, (loss_ax, step_ax, type_ax) = plt.subplots(1, 3, figsize=(17, 4.5))
+    curve = report["train"]["loss_curve"] if report["train"] else []
     loss_ax.plot([s for s, _ in curve], [v for _, v in curve], marker=".")
     loss_ax.set(title="Training loss", xlabel="step", ylabel="loss")
     loss_ax.grid(alpha=0.3)
+    points = report["checkpoints"]
+    step_ax.plot([c["step"] for c in points], [c["rougeL"] for c in points], marker="o", label="checkpoints")
+    step_ax.axhline(report["metrics"]["base"]["rougeL"], color="gray", linestyle="--", label="base")
+    step_ax.set(title="ROUGE-L by training step" if points else "ROUGE-L by step (score.checkpoints: off)",
+                xlabel="step", ylabel="ROUGE-L F1")
+    step_ax.grid(alpha=0.3)
+    step_ax.legend()
+    models = compared_models(report)
     labels = list(report["per_type"]["base"])
-    names = [TYPE_NAMES.get(label, f"type {i + 1}") for i, label in enumerate(labels)]
-    positions = range(len(labels))
-    for offset, model in ((-0.2, "base"), (0.2, "tuned")):
+    width = 0.8 / len(models)
+    for offset, model in enumerate(models):
         values = [report["per_type"][model][label]["rougeL"] for label in labels]
-        type_ax.bar([p + offset for p in positions], values, width=0.4, label=model)
-    type_ax.set_xticks(list(positions), names, rotation=20, ha="right")
-    type_ax.set(title="ROUGE-L (morphemes) by question type", ylabel="ROUGE-L F1")
+        type_ax.bar([p + (offset - (len(models) - 1) / 2) * width for p in range(len(labels))], values, width=width,
+                    label=model)
+    type_ax.set_xticks(list(range(len(labels))), [TYPE_NAMES.get(label, f"type {i + 1}")
+                                                  for i, label in enumerate(labels)], rotation=20, ha="right")
+    type_ax.set(title="ROUGE-L by question type", ylabel="ROUGE-L F1")
     type_ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _one_line(text: str) -> str:

@@ -1,8 +1,15 @@
+"""Metrics against numbers computed by hand from tokens written out here, not produced by our tokenizer."""
+
+import math
+import unicodedata
+
+import numpy as np
 import pytest
 from rouge_score import rouge_scorer
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics import CHRF
 
 from eval import metrics
+from pipeline.text import split_label
 
 PAIRS = [  # (prediction, reference): related but not identical Korean questions
     ("(이유와 근거 묻기) 재택근무가 생산성을 높인다는 근거는 무엇인가요?",
@@ -17,69 +24,119 @@ PAIRS = [  # (prediction, reference): related but not identical Korean questions
 PREDICTIONS, REFERENCES = [p for p, _ in PAIRS], [r for _, r in PAIRS]
 
 
-def test_identical_korean_scores_perfectly():
-    scores = metrics.corpus_metrics(REFERENCES, REFERENCES)
-    assert scores["rougeL"] == pytest.approx(1.0) and scores["rouge1"] == pytest.approx(1.0)
-    assert scores["rougeL_char"] == pytest.approx(1.0)
-    assert scores["bleu"] == pytest.approx(100.0) and scores["chrf"] == pytest.approx(100.0)
+def scores(predictions, references, tokenize="ko-mecab"):
+    return metrics.ExampleScores(predictions, references, tokenize).metrics()
+
+
+def test_korean_rouge_and_bleu_by_hand():
+    """Morphemes (mecab-ko, as written out below):
+    나는 집에 간다.        -> 나 는 집 에 간다 .          vs  나는 학교에 간다. -> 나 는 학교 에 간다 .
+    오늘 나는 학교에 간다.  -> 오늘 나 는 학교 에 간다 .    vs  나는 학교에 간다.
+    Pair 1: 5 of 6 unigrams match, LCS 5, bigrams 3 of 5 (나 는, 에 간다, 간다 .).
+    Pair 2: 6 of 7 unigrams (the reference's 6), LCS 6, bigrams 5 of 6 (recall 5 of 5).
+    Corpus BLEU: matched/total n-grams 11/13, 8/11, 5/9, 3/7; 13 hypothesis vs 12 reference tokens, no penalty."""
+    got = scores(["나는 집에 간다.", "오늘 나는 학교에 간다."], ["나는 학교에 간다.", "나는 학교에 간다."])
+    f1 = lambda p, r: 2 * p * r / (p + r)  # noqa: E731
+    assert got["rouge1"] == pytest.approx((5 / 6 + f1(6 / 7, 1)) / 2)
+    assert got["rougeL"] == pytest.approx((5 / 6 + f1(6 / 7, 1)) / 2)
+    assert got["rouge2"] == pytest.approx((3 / 5 + f1(5 / 6, 1)) / 2)
+    assert got["bleu"] == pytest.approx(100 * (11 / 13 * 8 / 11 * 5 / 9 * 3 / 7) ** 0.25)
+
+
+def test_english_under_13a_by_hand():
+    """13a: "Why do you think so?" -> Why do you think so ?  (6 tokens)
+            "Why do you think that, exactly?" -> Why do you think that , exactly ?  (8 tokens)
+    Unigrams 5 match, LCS 5 (Why do you think ?); n-gram precisions 5/6, 3/5, 2/4, 1/3; brevity exp(1 - 8/6)."""
+    got = scores(["Why do you think so?"], ["Why do you think that, exactly?"], tokenize="13a")
+    assert got["rouge1"] == pytest.approx(2 * (5 / 6) * (5 / 8) / (5 / 6 + 5 / 8))
+    assert got["rougeL"] == pytest.approx(got["rouge1"])
+    assert got["bleu"] == pytest.approx(100 * math.exp(1 - 8 / 6) * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
+    assert "tok:13a" in metrics.signatures("13a")["bleu"]
+
+
+def test_identical_text_scores_perfectly():
+    for tokenize in metrics.TOKENIZERS:
+        got = scores(REFERENCES, REFERENCES, tokenize)
+        for name in ("rouge1", "rouge2", "rougeL", "rougeL_char", "type_accuracy"):
+            assert got[name] == pytest.approx(1.0), (tokenize, name)
+        for name in ("bleu", "chrf", "chrfpp", "bleu_question"):
+            assert got[name] == pytest.approx(100.0), (tokenize, name)
+
+
+def test_nfc_predictions_against_nfd_references_score_as_identical():
+    nfd = [unicodedata.normalize("NFD", r) for r in REFERENCES]
+    assert nfd != REFERENCES and len(nfd[0]) > len(REFERENCES[0])  # jamo, not syllables
+    got = scores(REFERENCES, nfd)
+    assert got["rougeL"] == pytest.approx(1.0) and got["bleu"] == pytest.approx(100.0)
+    assert got["chrf"] == pytest.approx(100.0) and got["type_accuracy"] == 1.0
+    assert scores(nfd, REFERENCES) == scores(REFERENCES, REFERENCES)
+
+
+def test_label_only_difference_changes_type_accuracy_not_the_question_scores():
+    relabeled = ["(가정 살펴보기) " + split_label(r)[1] for r in REFERENCES]
+    swapped = scores(relabeled, REFERENCES)
+    assert swapped["type_accuracy"] == 0.0 and swapped["known_label_rate"] == 0.0
+    assert swapped["rougeL_question"] == pytest.approx(1.0) and swapped["bleu_question"] == pytest.approx(100.0)
+    assert swapped["rougeL"] < 1.0
 
 
 def test_rouge_scores_default_tokenizer_would_score_korean_zero():
-    """The pitfall our morpheme tokenizer exists for."""
+    """The pitfall the tokenizer setting exists for."""
     default = rouge_scorer.RougeScorer(["rougeL"])
     assert default.score(REFERENCES[0], REFERENCES[0])["rougeL"].fmeasure == 0.0
-    assert metrics.corpus_metrics(REFERENCES[:1], REFERENCES[:1])["rougeL"] == pytest.approx(1.0)
+    assert scores(REFERENCES[:1], REFERENCES[:1])["rougeL"] == pytest.approx(1.0)
 
 
-def test_korean_pairs_are_nonzero_and_equal_direct_library_computations():
-    scores = metrics.corpus_metrics(PREDICTIONS, REFERENCES)
-    assert all(value > 0 for value in scores.values()), scores
-    tokenizer = metrics.morpheme_tokenizer()
-
-    class Direct:
-        def tokenize(self, text):
-            return tokenizer(text).split()
-
-    direct = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=Direct())
-    for name in ("rouge1", "rouge2", "rougeL"):
-        expected = sum(direct.score(r, p)[name].fmeasure for p, r in PAIRS) / len(PAIRS)
-        assert scores[name] == pytest.approx(expected)
-    assert scores["bleu"] == pytest.approx(BLEU(tokenize="ko-mecab").corpus_score(PREDICTIONS, [REFERENCES]).score)
-    assert scores["chrf"] == pytest.approx(CHRF().corpus_score(PREDICTIONS, [REFERENCES]).score)
-    assert scores["chrfpp"] == pytest.approx(CHRF(word_order=2).corpus_score(PREDICTIONS, [REFERENCES]).score)
-    assert "tok:ko-mecab" in metrics.signatures(PREDICTIONS, REFERENCES)["bleu"]
-
-
-def test_label_only_mismatch_changes_type_accuracy_not_label_free_rouge():
-    relabeled = ["(가정 살펴보기) " + metrics.split_label(r)[1] for r in REFERENCES]
-    same = metrics.all_metrics(REFERENCES, REFERENCES)
-    swapped = metrics.all_metrics(relabeled, REFERENCES)
-    assert same["type_accuracy"] == 1.0 and swapped["type_accuracy"] == 0.0
-    assert swapped["rougeL_question"] == pytest.approx(1.0) and swapped["bleu_question"] == pytest.approx(100.0)
-    assert swapped["rougeL"] < 1.0
-    assert swapped["known_label_rate"] == 0.0  # 가정 살펴보기 is not among these references' labels
+def test_subsets_score_like_separate_corpora():
+    """Per-type tables and bootstrap resamples score subsets from the per-example values computed once: they must
+    equal scoring that subset from scratch."""
+    example_scores = metrics.ExampleScores(PREDICTIONS, REFERENCES)
+    for subset in ([0, 2], [1, 3, 3], [3]):
+        fresh = scores([PREDICTIONS[i] for i in subset], [REFERENCES[i] for i in subset])
+        part = example_scores.metrics(subset)
+        for name in ("rougeL", "rouge2", "bleu", "chrf", "chrfpp", "bleu_question", "mean_chars", "median_chars"):
+            assert part[name] == pytest.approx(fresh[name]), (subset, name)
+    assert scores(PREDICTIONS, REFERENCES)["chrf"] == pytest.approx(
+        CHRF().corpus_score(PREDICTIONS, [REFERENCES]).score)
 
 
 def test_lengths_and_empty_rate():
-    stats = metrics.length_stats(["", "질문?", "긴 질문입니다?"])
-    assert stats["empty_rate"] == pytest.approx(1 / 3) and stats["median_chars"] == 3
+    got = scores(["", "질문?", "긴 질문입니다?"], ["가", "나", "다"])
+    assert got["empty_rate"] == pytest.approx(1 / 3) and got["median_chars"] == 3
+    assert got["mean_chars"] == pytest.approx((0 + 3 + 8) / 3)
 
 
 def test_per_type_groups_by_reference_label():
-    table = metrics.per_type(PREDICTIONS + REFERENCES[:1], REFERENCES + REFERENCES[:1])
+    table = metrics.per_type(metrics.ExampleScores(PREDICTIONS + REFERENCES[:1], REFERENCES + REFERENCES[:1]))
     assert table["이유와 근거 묻기"]["rows"] == 2 and list(table)[0] == "이유와 근거 묻기"
     assert sum(row["rows"] for row in table.values()) == 5
+    assert table["이유와 근거 묻기"]["rougeL"] == pytest.approx(
+        scores([PREDICTIONS[0], REFERENCES[0]], [REFERENCES[0], REFERENCES[0]])["rougeL"])
+
+
+def test_every_metric_has_a_direction():
+    names = set(metrics.ExampleScores(PREDICTIONS, REFERENCES).metrics()) | {"hit_max_new_tokens_rate"}
+    assert names == set(metrics.DIRECTION)
+    assert metrics.DIRECTION["empty_rate"] == metrics.LOWER and metrics.DIRECTION["bleu"] == metrics.HIGHER
+    assert metrics.DIRECTION["mean_chars"] == metrics.NEITHER
 
 
 def test_paired_bootstrap_is_seeded_and_finds_a_real_improvement():
     references = REFERENCES * 10
-    base = PREDICTIONS * 10
-    better = [r if i % 2 else p for i, (p, r) in enumerate(zip(base, references))]
-    result = metrics.paired_bootstrap(base, better, references, samples=200, seed=7)
-    assert result == metrics.paired_bootstrap(base, better, references, samples=200, seed=7)
+    base = metrics.ExampleScores(PREDICTIONS * 10, references)
+    better = metrics.ExampleScores([r if i % 2 else p for i, (p, r) in enumerate(zip(PREDICTIONS * 10, references))],
+                                   references)
+    result = metrics.paired_bootstrap(base, better, samples=200, seed=7)
+    assert result == metrics.paired_bootstrap(base, better, samples=200, seed=7)
     for name in ("bleu", "chrf", "rougeL"):
         d = result[name]
         assert d["delta"] > 0 and d["ci95_low"] > 0 and d["p_value"] < 0.05
         assert d["ci95_low"] <= d["delta"] <= d["ci95_high"]
-    tie = metrics.paired_bootstrap(base, base, references, samples=200)
+    tie = metrics.paired_bootstrap(base, base, samples=200)
     assert tie["rougeL"]["delta"] == 0 and tie["rougeL"]["p_value"] == 1.0
+    # a lower-is-better metric: fewer empty predictions is the improvement
+    empty = metrics.ExampleScores([""] * 20 + PREDICTIONS * 5, references)
+    d = metrics.paired_bootstrap(empty, base, names=("empty_rate",), samples=200)["empty_rate"]
+    assert d["delta"] == pytest.approx(-0.5) and d["ci95_high"] < 0 and d["p_value"] < 0.05
+    assert np.isclose(metrics.paired_bootstrap(base, empty, names=("empty_rate",), samples=200)["empty_rate"]
+                      ["p_value"], 1.0)
