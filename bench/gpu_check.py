@@ -57,17 +57,20 @@ def sample_rows(split: str, count: int) -> list[dict]:
 
 
 def time_generation(cfg, tokenizer, dims, dtype, device, rows: int) -> dict:
-    from pipeline.generate import run_model
-    from pipeline.prompt import generation_prompt_ids
+    from pipeline.decode import Decoding
+    from pipeline.generate import Work, prompt_ids, run_model
 
     model = random_gemma3(tokenizer, dims, dtype, device).eval()
     test = sample_rows("test", rows)
-    prompts = [generation_prompt_ids(tokenizer, row["input"], "plain") for row in test]
+    # No stop tokens: every row runs to max_new_tokens.
+    decoding = Decoding(max_new_tokens=cfg.generate.max_new_tokens, stop_ids=(), stop_strings=(),
+                        pad_id=tokenizer.pad_token_id)
+    work = Work(rows=test, prompts=prompt_ids(tokenizer, test, cfg)[0], decoding=decoding,
+                batch_size=cfg.generate.batch_size, max_batch_size=cfg.generate.max_batch_size, seed=cfg.generate.seed)
     with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
-        run_model(model, tokenizer, "warmup", prompts, list(range(min(rows, cfg.generate.batch_size))), test, cfg, [],
-                  out, [])
+        run_model(model, tokenizer, "warmup", list(range(min(rows, cfg.generate.max_batch_size))), work, out, [])
         sync(device)
-        stats = run_model(model, tokenizer, "base", prompts, list(range(rows)), test, cfg, [], out, [])
+        stats = run_model(model, tokenizer, "base", list(range(rows)), work, out, [])
         sync(device)
     seconds = stats["seconds"] * TEST_ROWS / rows
     return {"rows": rows, "batch_size": cfg.generate.batch_size, "max_new_tokens": cfg.generate.max_new_tokens,
@@ -76,17 +79,17 @@ def time_generation(cfg, tokenizer, dims, dtype, device, rows: int) -> dict:
 
 
 def time_training(cfg, tokenizer, dims, dtype, device, batch_size: int, steps: int) -> dict:
-    from datasets import Dataset
     from transformers import TrainerCallback
 
-    from pipeline import cpu
-    from pipeline.train import build_trainer, completion_only_lm_head, sft_dataset
+    from pipeline.train import build_trainer, fit, sft_dataset, training_arguments
 
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, per_device_train_batch_size=batch_size, max_steps=steps, save_steps=10**9, logging_steps=1))
     model = random_gemma3(tokenizer, dims, dtype, device)
-    dataset, _ = sft_dataset(Dataset.from_list(sample_rows("train", batch_size * steps)), tokenizer, cfg)
-    trainer = build_trainer(cfg, model, tokenizer, dataset, dataset, Path(tempfile.mkdtemp()))
+    dataset, _ = sft_dataset(sample_rows("train", batch_size * steps), tokenizer, cfg)
+    eval_set, _ = sft_dataset(sample_rows("validation", batch_size), tokenizer, cfg)
+    trainer = build_trainer(cfg, training_arguments(cfg, Path(tempfile.mkdtemp())), model, tokenizer, dataset,
+                            eval_set)
     ends = []
 
     class StepTimes(TrainerCallback):
@@ -95,8 +98,7 @@ def time_training(cfg, tokenizer, dims, dtype, device, batch_size: int, steps: i
             ends.append(time.perf_counter())
 
     trainer.add_callback(StepTimes())
-    with completion_only_lm_head(), cpu.trl_lm_head_on_onednn(trainer.args.device):
-        trainer.train()
+    fit(trainer, cfg)
     warm = min(2, len(ends) - 1)  # the first steps pay for kernel selection and allocation
     per_example = (ends[-1] - ends[warm - 1]) / ((len(ends) - warm) * batch_size)
     return {"batch_size": batch_size, "steps": len(ends), "examples_per_second": round(1 / per_example, 2),

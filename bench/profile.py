@@ -23,27 +23,24 @@ def top_ops(prof, title: str) -> str:
 
 
 def main() -> None:
-    from datasets import Dataset
-
-    from pipeline import cpu
-    from pipeline.decode import decode_batch
-    from pipeline.prompt import generation_prompt_ids
-    from pipeline.train import build_trainer, completion_only_lm_head, sft_dataset
+    from pipeline import cpu_tuning
+    from pipeline.decode import Decoding, decode_batch
+    from pipeline.generate import prompt_ids
+    from pipeline.train import build_trainer, sft_dataset, training_arguments
 
     cfg, tokenizer, model = setup()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    prompts = [generation_prompt_ids(tokenizer, row["input"], "plain") for row in test_rows(48)]
-    prompts.sort(key=len, reverse=True)
+    prompts = sorted(prompt_ids(tokenizer, test_rows(48), cfg)[0], key=len, reverse=True)
     with profile(activities=activities) as generation:  # no stop tokens: every row runs 16 steps
-        decode_batch(model, prompts, max_new_tokens=16, stop_ids=[], stop_strings=(), tokenizer=tokenizer,
-                     pad_id=tokenizer.pad_token_id)
+        decode_batch(model, tokenizer, prompts, Decoding(max_new_tokens=16, stop_ids=(), stop_strings=(),
+                                                         pad_id=tokenizer.pad_token_id))
 
-    dataset, _ = sft_dataset(Dataset.from_list(train_rows(8)), tokenizer, cfg)
-    trainer = build_trainer(cfg, model, tokenizer, dataset, dataset, Path(tempfile.mkdtemp()))
+    dataset, _ = sft_dataset(train_rows(8), tokenizer, cfg)
+    trainer = build_trainer(cfg, training_arguments(cfg, Path(tempfile.mkdtemp())), model, tokenizer, dataset,
+                            dataset)
     batches = iter(trainer.get_train_dataloader())
     trainer.model.train()
-    with completion_only_lm_head(), cpu.trl_lm_head_on_onednn(trainer.args.device), \
-            profile(activities=activities) as training:
+    with cpu_tuning.for_training(trainer.args.device), profile(activities=activities) as training:
         for _ in range(2):
             loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(next(batches)))
             loss.backward()

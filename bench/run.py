@@ -7,7 +7,8 @@ generation: the tutorial's transformers text-generation pipeline, one prompt at 
 length-sorted generate stage; same 48 test prompts, greedy, same max_new_tokens and stop rules (EOS, newline).
 training: the tutorial's setup (pad = EOS, loss on the whole text, TRL defaults including gradient
 checkpointing, padded batches of 4) against ours (completion-only loss with EOS learned, padding-free, no
-gradient checkpointing, completion-only LM head, its products on oneDNN); same rows, same number of steps, LoRA r=16 on q/k/v/o in both
+gradient checkpointing, and pipeline/cpu_tuning.py's CPU tweaks, through the train stage's own `fit`); same rows,
+same number of steps, LoRA r=16 on q/k/v/o in both
 (the tutorial's q_prog/o_prog typos would adapt only k/v: less work, and wrong).
 Writes bench/results.json and prints a table. Figures are benchmarks, never test assertions.
 """
@@ -56,7 +57,7 @@ def test_rows(count: int) -> list[dict]:
 
 def train_rows(count: int) -> list[dict]:
     lines = (ROOT / "data/sample/train.jsonl").read_text(encoding="utf-8").splitlines()[:count]
-    return [json.loads(line) for line in lines]
+    return [{"id": f"train:{i}", **json.loads(line)} for i, line in enumerate(lines)]
 
 
 def generate_tutorial() -> dict:
@@ -77,16 +78,15 @@ def generate_tutorial() -> dict:
 
 
 def generate_ours() -> dict:
-    from pipeline.generate import run_model, stop_token_ids
-    from pipeline.prompt import generation_prompt_ids
+    from pipeline.generate import Work, decoding, prompt_ids, run_model
 
     cfg, tokenizer, model = setup()
     rows = test_rows(PROMPTS)
-    prompts = [generation_prompt_ids(tokenizer, row["input"], "plain") for row in rows]
+    work = Work(rows=rows, prompts=prompt_ids(tokenizer, rows, cfg)[0], decoding=decoding(tokenizer, cfg),
+                batch_size=cfg.generate.batch_size, max_batch_size=cfg.generate.max_batch_size, seed=cfg.generate.seed)
     with tempfile.NamedTemporaryFile("w+", suffix=".jsonl", encoding="utf-8") as out:
         started = time.perf_counter()
-        stats = run_model(model, tokenizer, "base", prompts, list(range(len(rows))), rows, cfg,
-                          stop_token_ids(tokenizer, "plain"), out, received=[])
+        stats = run_model(model, tokenizer, "base", list(range(len(rows))), work, out, received=[])
         seconds = time.perf_counter() - started
         out.seek(0)
         outputs = {r["id"]: r["prediction"] for r in map(json.loads, out.read().splitlines())}
@@ -114,18 +114,14 @@ def train_tutorial() -> dict:
 
 
 def train_ours() -> dict:
-    from datasets import Dataset
-
-    from pipeline import cpu
-    from pipeline.train import build_trainer, completion_only_lm_head, sft_dataset
+    from pipeline.train import build_trainer, fit, sft_dataset, training_arguments
 
     cfg, tokenizer, model = setup()
-    rows = train_rows(TRAIN_STEPS * TRAIN_BATCH)
-    dataset, _ = sft_dataset(Dataset.from_list(rows), tokenizer, cfg)
-    trainer = build_trainer(cfg, model, tokenizer, dataset, dataset, Path(tempfile.mkdtemp()))
-    cpu.mmap_large_allocations()  # as pipeline.train.train() does
-    with completion_only_lm_head(), cpu.trl_lm_head_on_onednn(trainer.args.device):
-        result = trainer.train()
+    dataset, _ = sft_dataset(train_rows(TRAIN_STEPS * TRAIN_BATCH), tokenizer, cfg)
+    eval_set, _ = sft_dataset(train_rows(TRAIN_BATCH), tokenizer, cfg)
+    trainer = build_trainer(cfg, training_arguments(cfg, Path(tempfile.mkdtemp())), model, tokenizer, dataset,
+                            eval_set)
+    result, _, _ = fit(trainer, cfg)  # as pipeline.train.train() runs it: CPU tuning, signals, resume
     return train_figures(trainer, result, cfg.train.gradient_checkpointing)
 
 

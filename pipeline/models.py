@@ -8,7 +8,7 @@ so that checking an already converted model takes milliseconds, not the seconds 
 
 from __future__ import annotations
 
-import errno
+import difflib
 import logging
 import os
 import shutil
@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from pipeline.config import EMBEDDED_GEMMA_270M, ModelConfig
-from pipeline.errors import ConfigError, ResourceError, is_offline_error
+from pipeline.errors import ConfigError, ResourceError, first_line, is_offline_error
+from pipeline.stage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +71,27 @@ def resolve_dtype(cfg: ModelConfig):
 
 
 def load_tokenizer(cfg: ModelConfig, source: str | None = None):
-    """The model's tokenizer. From a local directory with a tokenizer.json, that file is loaded as it is.
+    """The model's tokenizer.json loaded as it is into the Rust tokenizer, for a Hub id and a local folder alike.
 
-    transformers 5 rebuilds a GemmaTokenizer from tokenizer.json by parsing it in Python first: 33 MB of JSON for
-    Gemma's 262k vocabulary, whose freed objects stay in the process (RSS +150-200 MB for the whole run, measured).
-    Loading the file straight into the Rust tokenizer gives the same ids and text (tested on every sample row,
-    plain and chat) in a third of the memory. Hub ids keep AutoTokenizer.
+    transformers 5's AutoTokenizer rebuilds a GemmaTokenizer from tokenizer.json by parsing it in Python first: 33
+    MB of JSON for Gemma's 262k vocabulary, whose freed objects stay in the process (RSS +150-200 MB for the whole
+    run, measured). Loading the file straight into the Rust tokenizer gives the same ids and text (tested against
+    AutoTokenizer on every sample row, plain and chat) in a third of the memory. A model without a tokenizer.json
+    (none of Gemma 3's) falls back to AutoTokenizer.
     """
     from transformers import AutoTokenizer, TokenizersBackend
 
-    from pipeline.cpu import release_freed_memory
+    from pipeline import cpu_tuning
 
     source = source or resolve_source(cfg)
+    # Left padding, as GemmaTokenizer sets it: the side batched generation needs.
+    options = dict(revision=cfg.revision, token=hf_token(cfg), padding_side="left")
     with _hub_errors(source):
-        if is_local_source(source) and (Path(source).expanduser() / "tokenizer.json").is_file():
-            # Left padding, as GemmaTokenizer sets it: the side batched generation needs.
-            tokenizer = TokenizersBackend.from_pretrained(source, padding_side="left")
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision, token=hf_token(cfg))
-    release_freed_memory()
+        try:
+            tokenizer = TokenizersBackend.from_pretrained(source, **options)
+        except ValueError:  # "Couldn't instantiate the backend tokenizer": no tokenizer.json
+            tokenizer = AutoTokenizer.from_pretrained(source, **options)
+    cpu_tuning.release_freed_memory()
     return tokenizer
 
 
@@ -96,22 +99,42 @@ def load_model(cfg: ModelConfig, source: str | None = None, device=None):
     import torch
     import transformers
 
-    from pipeline.cpu import release_freed_memory
+    from pipeline import cpu_tuning
 
     source = source or resolve_source(cfg)
     dtype = resolve_dtype(cfg)
     with _hub_errors(source):
         config = transformers.AutoConfig.from_pretrained(source, revision=cfg.revision, token=hf_token(cfg))
         if dtype == torch.float16 and config.model_type.startswith("gemma3"):
-            raise ConfigError(f"model.dtype=float16 is refused for {source} ({config.model_type}): Gemma 3 "
-                              "overflows in fp16; use bfloat16 or float32")
+            raise ConfigError(f"model.dtype=float16 is refused for {source} ({config.model_type}): Gemma 3's "
+                              "activations overflow fp16 and the loss turns NaN; use bfloat16 (GPU) or float32 "
+                              "(CPU), or auto")
         model = transformers.AutoModelForCausalLM.from_pretrained(
             source, revision=cfg.revision, token=hf_token(cfg), dtype=dtype,
             attn_implementation=cfg.attn_implementation, use_safetensors=True,
         )
-    release_freed_memory()
+    cpu_tuning.release_freed_memory()
     return model.to(device) if device is not None else model
 
+
+def check_target_modules(model, target_modules, source: str, key: str = "lora.target_modules") -> None:
+    """A target name that matches no linear module is an error, with the closest real name suggested.
+
+    PEFT itself raises only when *no* target matches; one typo among four (the tutorial's q_prog/o_prog) would
+    silently adapt only the rest.
+    """
+    import torch
+
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear)})
+    unknown = [name for name in target_modules if name not in linear]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, linear, n=1)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        raise ConfigError(f"{key}: {', '.join(hints)} match no linear module of {source}; "
+                          f"its linear modules are {', '.join(linear)}")
 
 
 class _hub_errors:
@@ -126,7 +149,7 @@ class _hub_errors:
     def __exit__(self, exc_type, exc, tb):
         if exc is None or isinstance(exc, (ResourceError, ConfigError)) or not isinstance(exc, Exception):
             return False
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = first_line(exc)
         if is_local_source(self.source):
             raise ResourceError(f"cannot load the model from {self.source}: {text}") from None
         hint = ("the Hugging Face Hub is unreachable (offline?); download the model where there is network and "
@@ -150,31 +173,22 @@ def ensure_embedded_model(cfg: ModelConfig) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = final.parent / f".{EMBEDDED_DIRNAME}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     started = time.perf_counter()
     log.info("converting the embedded Gemma 3 270M (GGUF Q4_K_M -> fp32 safetensors) into %s, once", final)
     try:
-        gguf_path = assemble_embedded_gguf(tmp)
-        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf_path.name, dtype=torch.float32)
-        # The loaded model still carries the GGUF quantizer, which blocks save_pretrained and training.
-        model.hf_quantizer.remove_quantization_config(model)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        gguf_path.unlink()
-        os.rename(tmp, final)
+        with atomic_path(final, replace=False) as tmp:  # another process may finish first: its copy stays
+            gguf_path = assemble_embedded_gguf(tmp)
+            tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf_path.name, dtype=torch.float32)
+            # The loaded model still carries the GGUF quantizer, which blocks save_pretrained and training.
+            model.hf_quantizer.remove_quantization_config(model)
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            gguf_path.unlink()
+    except ResourceError as exc:
+        raise ResourceError(f"{exc}: free space or set model.cache_dir to a larger disk") from None
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (final / "model.safetensors").is_file():  # another process finished first
-            return final
-        if exc.errno == errno.ENOSPC:
-            raise ResourceError(f"disk full while converting the embedded model into {final.parent}: free space "
-                             "or set model.cache_dir to a larger disk") from None
         raise ResourceError(f"cannot convert the embedded model into {final.parent}: {exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("embedded model ready in %.0f s: %s", time.perf_counter() - started, final)
     return final
 
