@@ -1,57 +1,111 @@
-"""The decoding loop of the generate stage: a batch of prompts in, each row's new token ids out.
+"""Decoding for the generate stage: a batch of prompts in, each row's new token ids out; and where a row stops.
 
-    decode_batch(model, prompts, max_new_tokens=..., stop_ids=..., stop_strings=..., tokenizer=...) -> [[ids]]
+    decode_batch(model, tokenizer, prompts, decoding) -> [[ids]]      decode_row(tokenizer, ids, decoding) -> record
 
-Why not `model.generate`: in a batch it keeps computing every row until the longest one stops, materializes the
-full [rows, 262,144] logits (and a float32 copy) at every step, and checks stop strings against the whole
-vocabulary. Here a finished row leaves the batch (its KV cache rows are dropped), greedy decoding picks the
-argmax from vocabulary chunks without ever holding the full logits, and a stop string ends a row as soon as its
-decoded text contains one. The model's own forward does everything else (masks, positions, cache), so outputs
-are the greedy outputs of `model.generate` (tested). Measured on the bench's 48 prompts (2 cores, same kernels):
-25 s instead of 35 s, and 0.28 GiB less peak memory.
+Greedy decoding (the default) runs our own loop around the model's decoder, not `model.generate`: in a batch,
+generate keeps computing every row until the longest one stops, materializes the full [rows, 262,144] logits (and a
+float32 copy) at every step, and checks stop strings against the whole vocabulary. Here a finished row leaves the
+batch (its KV cache rows are dropped), the argmax is taken over vocabulary chunks without ever holding the full
+logits, and a stop string ends a row as soon as its text contains one. The model's own forward does everything
+else (masks, positions, sliding-window cache), so the outputs are `generate`'s greedy outputs: tested token for
+token, in float32 and bfloat16, with prompts longer than the sliding window and rows crossing it while decoding.
+Measured on the bench's 48 prompts (2 cores): 25 s instead of 35 s, and 0.28 GiB less peak memory.
+
+Sampling (generate.do_sample) runs `model.generate` itself: `generate` draws from one random stream for the
+whole batch, which our loop, where rows leave the batch, could not reproduce, so the stock path is the one used.
+
+Stops: a row ends at a stop token (EOS, or <end_of_turn> in chat format), at max_new_tokens, or at a stop string
+that follows some text. A leading newline is not a stop: a row that starts with one still gets its question
+(otherwise 1.7% of the base model's rows became empty predictions and biased the comparison).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StoppingCriteria
 
-from pipeline.cpu import fast_linear, linear_layers_on_onednn
+from pipeline import cpu_tuning
 
 VOCAB_CHUNK = 32768  # rows of the output layer scored at once: a [batch, 32768] tile instead of [batch, 262144]
 PREFILL_ROWS = 16  # prompts prefilled together: bounds the activations of a long, wide first step
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How rows are decoded and where they stop (from the generate config and the tokenizer)."""
+
+    max_new_tokens: int
+    stop_ids: tuple[int, ...]
+    stop_strings: tuple[str, ...]
+    pad_id: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+def decode_batch(model, tokenizer, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
+    """New token ids per prompt, each ending with its stop token, the token that completed a stop string, or at
+    max_new_tokens. Prompts are left-padded to a common width (the batch should be length-sorted)."""
+    if decoding.do_sample:
+        return _sample_with_generate(model, tokenizer, prompts, decoding)
+    return _greedy(model, tokenizer, prompts, decoding)
+
+
+def decode_row(tokenizer, generated: list[int], decoding: Decoding) -> dict:
+    """One row's record: the prediction (the text before the first stop, without leading or trailing space),
+    the raw decoded tokens, how many were generated, and whether the row ran out of tokens."""
+    length = stop_length(tokenizer, generated, decoding)
+    raw = tokenizer.decode(generated[:length], skip_special_tokens=False)
+    text = tokenizer.decode(generated[:length], skip_special_tokens=True)
+    cut = stop_index(text, decoding.stop_strings)
+    stopped = cut is not None or (length > 0 and generated[length - 1] in decoding.stop_ids)
+    return {"prediction": (text if cut is None else text[:cut]).strip(), "raw": raw, "new_tokens": length,
+            "hit_max_new_tokens": not stopped and length >= decoding.max_new_tokens}
+
+
+def stop_index(text: str, stop_strings: tuple[str, ...]) -> int | None:
+    """Where the first stop string that follows non-whitespace text begins in `text`; None if there is none."""
+    start = len(text) - len(text.lstrip())
+    found = [i for i in (text.find(stop, start + 1) for stop in stop_strings if text[start:]) if i >= 0]
+    return min(found) if found else None
+
+
+def stop_length(tokenizer, generated: list[int], decoding: Decoding) -> int:
+    """How many of `generated` belong to the row: up to and including its first stop token, or the token that
+    completed a stop string."""
+    for length in range(1, len(generated) + 1):
+        if _ends_row(tokenizer, generated[:length], decoding):
+            return length
+    return len(generated)
+
+
+def _ends_row(tokenizer, generated: list[int], decoding: Decoding) -> bool:
+    return generated[-1] in decoding.stop_ids or bool(decoding.stop_strings) and stop_index(
+        tokenizer.decode(generated, skip_special_tokens=True), decoding.stop_strings) is not None
+
+
 @torch.inference_mode()
-def decode_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
-                 stop_strings: tuple[str, ...], tokenizer, pad_id: int, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None
-                 ) -> list[list[int]]:
-    """New token ids per prompt, each ending with its stop token, or the token that completed a stop string, or
-    at max_new_tokens. Prompts are left-padded to a common width (the batch should be length-sorted)."""
+def _greedy(model, tokenizer, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
     device = model.device
-    input_ids, attention_mask = left_pad(prompts, pad_id, device)
+    input_ids, attention_mask = left_pad(prompts, decoding.pad_id, device)
     positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # as model.generate does
     generated = [[] for _ in prompts]
     active = list(range(len(prompts)))  # the original index of each row still in the batch
-    stop_set = set(stop_ids)
-    with linear_layers_on_onednn(model):
+    with cpu_tuning.for_inference(model):
         cache, hidden = prefill(model, input_ids, attention_mask, positions)
         positions = positions[:, -1:]
-        for step in range(max_new_tokens):
-            tokens = (sample(model, hidden, temperature, top_p, generator) if do_sample
-                      else greedy(model, hidden)).tolist()
+        for step in range(decoding.max_new_tokens):
+            tokens = greedy_tokens(model, hidden).tolist()
             keep = []
             for row, (index, token) in enumerate(zip(active, tokens)):
                 generated[index].append(token)
-                if token in stop_set or (stop_strings and any(
-                        stop in tokenizer.decode(generated[index], skip_special_tokens=True) for stop in stop_strings)):
-                    continue
-                keep.append(row)
-            if not keep or step == max_new_tokens - 1:
+                if not _ends_row(tokenizer, generated[index], decoding):
+                    keep.append(row)
+            if not keep or step == decoding.max_new_tokens - 1:
                 break
             next_ids = torch.tensor(tokens, device=device)[:, None]
             if len(keep) < len(active):  # finished rows leave the batch, their cache rows with them
@@ -100,10 +154,10 @@ def cache_argument(decoder_class) -> str:
     return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
 
 
-def greedy(model, hidden: torch.Tensor) -> torch.Tensor:
+def greedy_tokens(model, hidden: torch.Tensor) -> torch.Tensor:
     """argmax over the vocabulary of the model's logits, one chunk of the output layer at a time."""
     weight = model.get_output_embeddings().weight
-    linear = fast_linear(weight)
+    linear = cpu_tuning.fast_linear(weight)
     best_value = best_index = None
     for start in range(0, weight.shape[0], VOCAB_CHUNK):
         value, index = softcapped(model, linear(hidden, weight[start:start + VOCAB_CHUNK])).max(dim=-1)
@@ -116,21 +170,37 @@ def greedy(model, hidden: torch.Tensor) -> torch.Tensor:
     return best_index
 
 
-def sample(model, hidden: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
-    weight = model.get_output_embeddings().weight
-    logits = softcapped(model, fast_linear(weight)(hidden, weight).float())
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:  # nucleus: the smallest set of tokens whose probability reaches top_p
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
-        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
 def softcapped(model, logits: torch.Tensor) -> torch.Tensor:
     """The model's final logit soft-capping (Gemma 2 style), as its own forward applies it; None means none."""
     softcap = getattr(model.config, "final_logit_softcapping", None)
     return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
+@torch.inference_mode()
+def _sample_with_generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
+    """Sampling through `model.generate` (temperature and top-p only; the model's own top-k default is switched
+    off), from the global torch random stream that the generate stage seeds."""
+    input_ids, attention_mask = left_pad(prompts, decoding.pad_id, model.device)
+    output = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, do_sample=True, temperature=decoding.temperature,
+        top_p=decoding.top_p, top_k=0, max_new_tokens=decoding.max_new_tokens, eos_token_id=list(decoding.stop_ids),
+        pad_token_id=decoding.pad_id,
+        stopping_criteria=[StopStrings(tokenizer, decoding, input_ids.shape[1])] if decoding.stop_strings else None)
+    new_tokens = output[:, input_ids.shape[1]:].tolist()
+    return [row[:stop_length(tokenizer, row, decoding)] for row in new_tokens]
+
+
+class StopStrings(StoppingCriteria):
+    """generate's stopping criterion with our stop-string rule (a stop string counts once some text precedes it)."""
+
+    def __init__(self, tokenizer, decoding: Decoding, prompt_width: int):
+        self.tokenizer, self.decoding, self.prompt_width = tokenizer, decoding, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        rows = input_ids[:, self.prompt_width:].tolist()
+        return torch.tensor([stop_index(self.tokenizer.decode(row, skip_special_tokens=True),
+                                        self.decoding.stop_strings) is not None for row in rows],
+                            dtype=torch.bool, device=input_ids.device)
 
 
 def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
