@@ -6,25 +6,52 @@
     python entrypoint.py run --config configs/demo.yaml          # train -> generate -> score
     python entrypoint.py compare --baseline A.json --candidate B.json --max-drop rougeL=0.01,bleu=0.5
 
-Errors a user can cause print one line and exit 2 (config/data) or 3 (model/resource); see README "Exit codes".
-Heavy imports (torch, transformers) happen inside commands so that --help and config errors are instant.
+Errors a user can cause print one line and exit 2 (config/data) or 3 (model/resource, out of memory); anything
+unexpected prints one line and exits 4, with the traceback in <output.dir>/job.log; exit 1 means only "compare
+found a regression". See README "Exit codes". Heavy imports (torch, transformers) happen inside commands so that
+--help and config errors are instant.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import click
 import yaml
 
-from pipeline.config import load_config, to_dict
-from pipeline.errors import DataError, UserError
+from pipeline.config import Config, load_config, to_dict
+from pipeline.errors import UserError, first_line
 
 log = logging.getLogger("entrypoint")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+job_log: Path | None = None  # this process's log file, once a command knows its output dir
+
+
+def load_job_config(config_path: str | None, overrides: tuple[str, ...]) -> Config:
+    """The config of a stage command; from here on the log also goes to <output.dir>/job.log (one file per
+    process under torchrun: job.rank<N>.log), where an internal error's traceback is written too."""
+    global job_log
+    cfg = load_config(config_path, overrides)
+    rank = os.environ.get("RANK", "0")
+    path = Path(cfg.output.dir) / ("job.log" if rank == "0" else f"job.rank{rank}.log")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot write the job log %s (%s); logging to stderr only", path, exc.strerror)
+        return cfg
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    handler.set_name("job-log")
+    logging.getLogger().addHandler(handler)
+    job_log = path
+    return cfg
 
 
 def config_args(command):
@@ -38,8 +65,8 @@ def config_args(command):
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
     """LoRA fine-tuning of Gemma 3 on Korean Socratic questions, with an offline evaluation harness."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 @cli.group("config")
@@ -68,10 +95,12 @@ def data_check(config_path: str | None, overrides: tuple[str, ...]) -> None:
 
     cfg = load_config(config_path, overrides)
     token = models.hf_token(cfg.model)
-    splits = {split: data.load_split(cfg.data, split, token) for split in data.SPLITS}
-    for split, dataset in splits.items():
-        counts = ", ".join(f"{label} {n}" for label, n in data.label_counts(dataset).most_common())
-        click.echo(f"{split:<10} {len(dataset):>7} rows   {counts}")
+    limits = {"train": cfg.data.max_train_samples, "validation": cfg.data.max_validation_samples,
+              "test": cfg.data.max_test_samples}
+    splits = {split: data.load_split(cfg.data, split, token, limit=limits[split]) for split in data.SPLITS}
+    for split, rows in splits.items():
+        counts = ", ".join(f"{label} {n}" for label, n in data.label_counts(rows).most_common())
+        click.echo(f"{split:<10} {len(rows):>7} rows   {counts}")
     data.warn_on_overlap(splits)
 
 
@@ -101,7 +130,9 @@ def train_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """LoRA fine-tuning -> <output.dir>/train (adapter, checkpoints, train_summary.json). Resumes if interrupted."""
     from pipeline.train import train
 
-    cfg = load_config(config_path, overrides)
+    cfg = load_job_config(config_path, overrides)
+    if cfg.model.adapter:
+        raise UserError("model.adapter is set: there is nothing to train (generate and score evaluate that adapter)")
     stage_dir = train(cfg, Path(cfg.output.dir))
     click.echo(f"train: {stage_dir / 'train_summary.json'}")
 
@@ -112,7 +143,7 @@ def generate_command(config_path: str | None, overrides: tuple[str, ...]) -> Non
     """Base and tuned predictions for the test split -> <output.dir>/generate/predictions.jsonl. Resumable."""
     from pipeline.generate import generate
 
-    cfg = load_config(config_path, overrides)
+    cfg = load_job_config(config_path, overrides)
     stage_dir = generate(cfg, Path(cfg.output.dir))
     if is_main_process():
         click.echo(f"generate: {stage_dir / 'predictions.jsonl'}")
@@ -124,7 +155,7 @@ def score_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """predictions.jsonl -> <output.dir>/report.json, report.md, report.png."""
     from eval.score import score
 
-    cfg = load_config(config_path, overrides)
+    cfg = load_job_config(config_path, overrides)
     report_path = score(cfg, Path(cfg.output.dir))
     click.echo(f"report: {report_path}")
 
@@ -132,16 +163,19 @@ def score_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
 @cli.command("run")
 @config_args
 def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
-    """train -> generate -> score in one output directory. Finished stages with the same config are skipped,
-    so rerunning after a crash continues where it stopped."""
+    """train -> generate -> score in one output directory (with model.adapter: generate -> score, no training).
+    Finished stages with the same config are skipped, so rerunning after a crash continues where it stopped."""
     from eval.report import summary_table
     from eval.score import score
     from pipeline.generate import generate
     from pipeline.train import train
 
-    cfg = load_config(config_path, overrides)
+    cfg = load_job_config(config_path, overrides)
     output_dir = Path(cfg.output.dir)
-    train(cfg, output_dir)
+    if cfg.model.adapter:
+        log.info("run: evaluating model.adapter=%s as the tuned model; no training", cfg.model.adapter)
+    else:
+        train(cfg, output_dir)
     generate(cfg, output_dir)
     if not is_main_process():  # under accelerate launch / torchrun, one process scores
         return
@@ -153,22 +187,30 @@ def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
 @cli.command("compare")
 @click.option("--baseline", type=click.Path(exists=True, dir_okay=False), required=True, help="report.json to hold.")
 @click.option("--candidate", type=click.Path(exists=True, dir_okay=False), required=True, help="report.json to check.")
-@click.option("--max-drop", required=True, help="Allowed drop per metric, e.g. rougeL=0.01,bleu=0.5.")
+@click.option("--max-drop", required=True, help="Allowed drop (rise, for failure rates) per metric, e.g. "
+              "rougeL=0.01,bleu=0.5,empty_rate=0.02.")
+@click.option("--model", default="tuned", show_default=True, help="The model of both reports to gate.")
+@click.option("--baseline-predictions", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The baseline's predictions.jsonl, when it is not where its report says.")
+@click.option("--unpaired", is_flag=True, help="Gate on the drop alone, without the paired interval.")
+@click.option("--allow-different-data", is_flag=True,
+              help="Compare reports made on different test rows or metric settings (said in the table).")
 @click.option("--require-improvement", is_flag=True,
-              help="Also fail unless the candidate's tuned model beats its base with p < 0.05 on these metrics.")
-def compare_command(baseline: str, candidate: str, max_drop: str, require_improvement: bool) -> None:
-    """Regression gate for CI: exit 0 when nothing dropped more than allowed, 1 with a table otherwise."""
-    from eval.compare import compare, format_rows, parse_max_drop
+              help="Also fail unless the candidate model beats its base with p < 0.05 on these metrics.")
+@click.option("--format", "output_format", type=click.Choice(["text", "markdown"]), default="text",
+              show_default=True, help="markdown: a table for $GITHUB_STEP_SUMMARY or a pull request.")
+def compare_command(baseline: str, candidate: str, max_drop: str, model: str, baseline_predictions: str | None,
+                    unpaired: bool, allow_different_data: bool, require_improvement: bool, output_format: str) -> None:
+    """Regression gate for CI: exit 0 when nothing got worse beyond its limit, 1 with a table otherwise, 2 when the
+    reports cannot be compared (other test rows or metric settings, another schema version)."""
+    from eval.compare import compare, format_verdict, parse_max_drop
 
-    reports = []
-    for path in (baseline, candidate):
-        try:
-            reports.append(json.loads(Path(path).read_text(encoding="utf-8")))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} is not a report.json: {exc}") from None
-    passed, rows = compare(*reports, parse_max_drop(max_drop), require_improvement)
-    click.echo(format_rows(rows))
-    if not passed:
+    verdict = compare(Path(baseline), Path(candidate), parse_max_drop(max_drop), model=model,
+                      require_improvement=require_improvement, unpaired=unpaired,
+                      baseline_predictions=Path(baseline_predictions) if baseline_predictions else None,
+                      allow_different_data=allow_different_data)
+    click.echo(format_verdict(verdict, markdown=output_format == "markdown"))
+    if not verdict.passed:
         raise RegressionFound()
 
 
@@ -187,6 +229,17 @@ class RegressionFound(UserError):
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        return run_cli(argv)
+    finally:  # one job log per command (tests call main() many times in one process)
+        global job_log
+        job_log = None
+        for handler in [h for h in logging.getLogger().handlers if h.get_name() == "job-log"]:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def run_cli(argv: list[str] | None) -> int:
+    try:
         cli.main(args=argv, prog_name="entrypoint.py", standalone_mode=False)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -197,7 +250,35 @@ def main(argv: list[str] | None = None) -> int:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted; finished outputs are kept: rerun the same command to resume", err=True)
         return 130
+    except Exception as exc:  # never exit 1 ("regression") for a crash: 3 for out of memory, 4 for anything else
+        from pipeline.errors import is_out_of_memory
+
+        where = record_traceback()
+        if is_out_of_memory(exc):
+            click.echo(f"error: out of memory ({first_line(exc)}); lower the batch size of the stage that ran "
+                       f"(train.per_device_train_batch_size or generate.batch_size, or auto); details in {where}",
+                       err=True)
+            return 3
+        click.echo(f"error: internal error: {type(exc).__name__}: {first_line(exc)} (the traceback is in {where}; "
+                   "finished outputs are kept)", err=True)
+        return 4
     return 0
+
+
+def record_traceback() -> Path:
+    """Appends the current exception's traceback to the job log (or a new file in the temp dir); its path."""
+    text = traceback.format_exc()
+    if job_log is not None:
+        try:
+            with job_log.open("a", encoding="utf-8") as handle:
+                handle.write(text)
+            return job_log
+        except OSError:
+            pass
+    with tempfile.NamedTemporaryFile("w", prefix="socratic-lora-error-", suffix=".log", delete=False,
+                                     encoding="utf-8") as handle:
+        handle.write(text)
+    return Path(handle.name)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Errors a user can cause, each with the exit code the CLI returns for it.
 
 Exit codes (documented in README): 0 ok, 1 regression found by `compare`, 2 bad config or data,
-3 model or resource problem, 130/143 interrupted.
+3 model or resource problem (out of memory included), 4 internal error (anything unexpected), 130/143 interrupted.
 """
 
 
@@ -38,3 +38,15 @@ class Interrupted(UserError):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An out-of-memory error of torch's allocators (CUDA, CPU, MPS, XPU), as accelerate recognizes them."""
+    from accelerate.utils.memory import should_reduce_batch_size
+
+    return type(exc).__name__ == "OutOfMemoryError" or should_reduce_batch_size(exc)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

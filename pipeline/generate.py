@@ -1,176 +1,216 @@
-"""Generate stage: a question for every test row, with the base model and then with the tuned one.
+"""Generate stage: a question for every test row, from the base model and from each adapter of the run.
 
     generate(cfg, output_dir) -> <output>/generate/{predictions.jsonl, generate_summary.json}
 
-The base model is loaded once; after the base outputs, the adapter is attached and merged into the weights
-(no second load from disk, no LoRA overhead per token). Prompts are the training prompts, token for token.
-Rows are generated in batches sorted by prompt length (less padding), appended and flushed batch by batch, so a
-crash loses at most the batch in flight; a rerun skips the ids already written. At the end the file is rewritten
-in the original row order, so an interrupted-and-resumed run ends with the same bytes as an uninterrupted one.
+The base model is loaded once. Its rows come first; then each adapter (pipeline/adapters.py: the tuned one, any
+generate.adapters, training checkpoints with score.checkpoints) is merged into the same weights in turn and
+taken out again bit for bit. Prompts are the training prompts, token for token.
 
-Data parallel: under `accelerate launch` / `torchrun` each process takes every N-th row and writes its own shard
-file; the main process merges the shards in the original order into one predictions.jsonl.
+Rows are generated in batches sorted by prompt length (less padding), appended and fsynced batch by batch, so a
+crash loses at most the batch in flight; a rerun skips the (id, model) pairs already written. At the end the
+file is rewritten in (model, original row) order, so an interrupted-and-resumed run ends with the same bytes as
+an uninterrupted one. generate.batch_size=auto starts at generate.max_batch_size and halves it on an
+out-of-memory error (accelerate's find_executable_batch_size), keeping the rows already written.
+
+Data parallel: under torchrun (or accelerate launch), on one node or several, each process takes every N-th row
+and writes its own shard file; the main process merges the shards in the original order into one file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from pipeline import adapters as adapters_module
 from pipeline import data, models
 from pipeline.config import Config
-from pipeline.decode import decode_batch
-from pipeline.errors import DataError, Interrupted, ResourceError
-from pipeline.prompt import fit_input, generation_prompt_ids
-from pipeline.stage import (claim_stage_dir, package_versions, peak_memory, process_state, stop_on_signal,
-                            write_json_atomic, write_text_atomic)
+from pipeline.decode import Decoding, decode_batch, decode_row
+from pipeline.errors import DataError, Interrupted, ResourceError, first_line, is_out_of_memory
+from pipeline.prompt import fit_inputs, generation_prompt_ids
+from pipeline.stage import (claim_stage_dir, package_versions, peak_memory, process_state, recorded_hash,
+                            stage_hash, stop_on_signal, write_json_atomic, write_text_atomic)
 
 log = logging.getLogger(__name__)
 
-MODELS = ("base", "tuned")
+
+@dataclass(frozen=True)
+class Work:
+    """What one model's pass generates: the test rows, their prompt ids, how to decode, and in what batches."""
+
+    rows: list[dict]
+    prompts: list[list[int]]
+    decoding: Decoding
+    batch_size: int | str  # or "auto"
+    max_batch_size: int
+    seed: int
 
 
 def generate(cfg: Config, output_dir: Path) -> Path:
     stage_dir = Path(output_dir) / "generate"
     predictions_path, summary_path = stage_dir / "predictions.jsonl", stage_dir / "generate_summary.json"
-    config_hash = claim_stage_dir(stage_dir, "generate", cfg)
-    if summary_path.is_file():
+    if summary_path.is_file() and recorded_hash(stage_dir) == stage_hash(cfg, "generate"):
         log.info("generate: already finished in %s, skipping", stage_dir)
         return stage_dir
-    adapter_dir = Path(output_dir) / "train" / "adapter"
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
-        if (adapter_dir / "adapter_model.bin").is_file():
-            raise ResourceError(f"{adapter_dir / 'adapter_model.bin'} is a pickle file, which can run code when "
-                                "loaded: only adapter_model.safetensors is accepted")
-        raise ResourceError(f"no trained adapter in {adapter_dir}: run the train stage first")
     started = time.perf_counter()
-    state = process_state()  # one process, or one of N under accelerate launch / torchrun
+    state = process_state()  # one process, or one of N under torchrun
+
+    # --- setup: everything checked before the first row is generated ----------------------------------------
+    test = data.load_split(cfg.data, "test", models.hf_token(cfg.model), limit=cfg.data.max_test_samples)
+    adapters = adapters_module.adapters_to_evaluate(cfg, output_dir)
+    with state.main_process_first():
+        config_hash = claim_stage_dir(stage_dir, "generate", cfg)
+        source = models.resolve_source(cfg.model)
+    tokenizer = models.load_tokenizer(cfg.model, source)
+    model = models.load_model(cfg.model, source, device=state.device).eval()
+    for adapter in adapters:
+        adapters_module.check(adapter, model, cfg)
+    prompts, truncated = prompt_ids(tokenizer, test, cfg)
+    work = Work(rows=test, prompts=prompts, decoding=decoding(tokenizer, cfg), batch_size=cfg.generate.batch_size,
+                max_batch_size=cfg.generate.max_batch_size, seed=cfg.generate.seed)
     shard_path = predictions_path if state.num_processes == 1 else (
         stage_dir / f"predictions.rank{state.process_index}-of-{state.num_processes}.jsonl")
-
-    # --- setup -------------------------------------------------------------------------------------------------
-    test = data.load_split(cfg.data, "test", models.hf_token(cfg.model), limit=cfg.data.max_eval_samples).to_list()
-    source = models.resolve_source(cfg.model)
-    tokenizer = models.load_tokenizer(cfg.model, source)
-    device = state.device
-    model = models.load_model(cfg.model, source, device=device).eval()
-    prompts, truncated = [], 0
-    for input_text in (row["input"] for row in test):
-        fitted, cut = fit_input(tokenizer, input_text, cfg.prompt.format, cfg.generate.max_prompt_tokens)
-        prompts.append(generation_prompt_ids(tokenizer, fitted, cfg.prompt.format))
-        truncated += cut
-    if truncated:
-        log.info("generate: %d prompts longer than %d tokens were cut from the left", truncated,
-                 cfg.generate.max_prompt_tokens)
     done = read_done(shard_path)
-    stop_ids = stop_token_ids(tokenizer, cfg.prompt.format)
     mine = range(state.process_index, len(test), state.num_processes)
 
-    # --- generate: base, then the same weights with the adapter merged in --------------------------------------
-    per_model = {}
+    # --- generate: the base model, then each adapter merged into the same weights -----------------------------
+    per_model, names = {}, ["base"] + [a.name for a in adapters]
     with shard_path.open("a", encoding="utf-8") as out, stop_on_signal() as received:
-        for name in MODELS:
-            if name == "tuned":
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()
+        for adapter in [None] + adapters:
+            name = adapter.name if adapter else "base"
             todo = [i for i in mine if (test[i]["id"], name) not in done]
-            per_model[name] = run_model(model, tokenizer, name, prompts, todo, test, cfg, stop_ids, out, received)
+            if not todo:
+                per_model[name] = {"generated_rows": 0}
+                continue
+            if adapter is None:
+                per_model[name] = run_model(model, tokenizer, name, todo, work, out, received)
+            else:
+                with adapters_module.merged(model, adapter, cfg) as tuned:
+                    per_model[name] = run_model(tuned, tokenizer, name, todo, work, out, received)
+            if work.batch_size == "auto":  # the next model starts from the size that fit
+                work = dataclasses.replace(work, max_batch_size=per_model[name]["batch_size"])
+    resumed = sum(gather_object([len(done)]))  # every process's count, for the main process's summary
     state.wait_for_everyone()
     if not state.is_main_process:
         return stage_dir
 
     # --- save: shards merged in the original order, then the summary (its presence marks the stage finished) ---
     shards = sorted(stage_dir.glob(f"predictions.rank*-of-{state.num_processes}.jsonl"))
-    rows = merge_predictions(predictions_path, shards, [row["id"] for row in test])
-    summary = {"config_hash": config_hash, "rows": len(test), "processes": state.num_processes,
-               "device": device.type,
-               "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                               else f"CPU ({os.cpu_count()} cores)"),
-               "dtype": str(model.dtype).removeprefix("torch."), "prompts_truncated": truncated,
-               "max_new_tokens": cfg.generate.max_new_tokens, "batch_size": cfg.generate.batch_size,
-               "models": {}, "wall_seconds": round(time.perf_counter() - started, 1),
-               "peak_memory": peak_memory(), "packages": package_versions()}
-    for name in MODELS:
+    rows = merge_predictions(predictions_path, shards, [row["id"] for row in test], names)
+    write_json_atomic(summary_path, {
+        "config_hash": config_hash, "rows": len(test), "models": summarize(rows, per_model, names),
+        "processes": state.num_processes, "device": state.device.type, "device_name": device_name(state.device),
+        "dtype": str(model.dtype).removeprefix("torch."), "prompts_truncated": truncated,
+        "resumed_rows": resumed, "max_new_tokens": cfg.generate.max_new_tokens,
+        "batch_size": next((s["batch_size"] for s in reversed(per_model.values()) if "batch_size" in s), None),
+        "batch_size_setting": cfg.generate.batch_size, "wall_seconds": round(time.perf_counter() - started, 1),
+        "peak_memory": peak_memory(), "packages": package_versions()})
+    log.info("generate: %d rows x %d models in %.0f s -> %s", len(test), len(names), time.perf_counter() - started,
+             predictions_path)
+    return stage_dir
+
+
+def prompt_ids(tokenizer, test: list[dict], cfg: Config) -> tuple[list[list[int]], int]:
+    """Each row's prompt ids, exactly as training tokenized its prompts; and how many inputs had to be cut."""
+    fitted, truncated = fit_inputs(tokenizer, [row["input"] for row in test], cfg.prompt.format,
+                                   cfg.generate.max_prompt_tokens, "generate.max_prompt_tokens")
+    return [generation_prompt_ids(tokenizer, text, cfg.prompt.format) for text in fitted], truncated
+
+
+def decoding(tokenizer, cfg: Config) -> Decoding:
+    stop_ids = [tokenizer.eos_token_id]
+    if cfg.prompt.format == "chat":  # instruction-tuned Gemma ends its turn with <end_of_turn>, not <eos>
+        end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        if end_of_turn is not None and end_of_turn != tokenizer.unk_token_id:
+            stop_ids.append(end_of_turn)
+    gen = cfg.generate
+    return Decoding(max_new_tokens=gen.max_new_tokens, stop_ids=tuple(stop_ids), stop_strings=gen.stop_strings,
+                    pad_id=tokenizer.pad_token_id, do_sample=gen.do_sample, temperature=gen.temperature,
+                    top_p=gen.top_p)
+
+
+def run_model(model, tokenizer, name: str, todo: list[int], work: Work, out, received: list[int]) -> dict:
+    """Generates rows `todo` in length-sorted batches, appending each finished batch to `out`; stops after the
+    batch in flight when a signal has been `received`. With batch_size auto, an out-of-memory error halves the
+    batch and the rows not yet written are retried."""
+    from accelerate.utils import find_executable_batch_size
+
+    remaining = sorted(todo, key=lambda i: (-len(work.prompts[i]), i))  # longest first: an OOM shows up at once
+    started, counts = time.perf_counter(), {"rows": 0, "tokens": 0}
+    if work.decoding.do_sample:
+        torch.manual_seed(work.seed)  # sampling draws from torch's global stream (model.generate)
+    bar = tqdm(total=len(remaining), desc=f"generate {name}", unit="row")
+
+    def batches(batch_size: int) -> int:
+        while remaining:
+            batch = remaining[:batch_size]
+            outputs = decode_batch(model, tokenizer, [work.prompts[i] for i in batch], work.decoding)
+            lines = []
+            for row, generated in zip(batch, outputs):
+                record = decode_row(tokenizer, generated, work.decoding)
+                counts["tokens"] += record["new_tokens"]
+                source = work.rows[row]
+                lines.append(json.dumps({"id": source["id"], "model": name, "input": source["input"],
+                                         "reference": source["target"], **record}, ensure_ascii=False) + "\n")
+            append_flushed(out, lines)
+            del remaining[:len(batch)]
+            counts["rows"] += len(batch)
+            bar.update(len(batch))
+            if received:
+                raise Interrupted(received[0], f"generate interrupted; the rows written so far are kept in "
+                                               f"{out.name}: rerun the same command to continue")
+        return batch_size
+
+    try:
+        if work.batch_size == "auto":
+            sizes = [work.max_batch_size]
+            used = find_executable_batch_size(batches, starting_batch_size=sizes[0],
+                                              reduce_batch_size_fn=lambda: sizes.append(sizes[-1] // 2) or sizes[-1])()
+            if len(sizes) > 1:
+                log.info("generate %s: batch size %d fits (tried %s)", name, used, ", ".join(map(str, sizes)))
+        else:
+            used = batches(work.batch_size)
+    except RuntimeError as exc:
+        if work.batch_size == "auto" and "No executable batch size" in str(exc):
+            raise ResourceError("out of memory while generating even one row at a time: lower "
+                                "generate.max_prompt_tokens or generate.max_new_tokens, or use a larger GPU") from None
+        if not is_out_of_memory(exc):
+            raise
+        raise ResourceError(f"out of memory while generating at generate.batch_size={work.batch_size}: lower it, "
+                            f"or set generate.batch_size=auto to find the size that fits ({first_line(exc)})") from None
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    log.info("generate %s: %d rows, %d new tokens in %.1f s", name, counts["rows"], counts["tokens"], elapsed)
+    return {"generated_rows": counts["rows"], "batch_size": used, "seconds": round(elapsed, 2),
+            "rows_per_second": round(counts["rows"] / elapsed, 3),
+            "tokens_per_second": round(counts["tokens"] / elapsed, 2)}
+
+
+def summarize(rows: list[dict], per_model: dict, names: list[str]) -> dict:
+    """Per model: rows, hit-max rate and mean new tokens over all rows; generated rows, batch size, time and rates
+    of this run (the main process's share when there are several)."""
+    summary = {}
+    for name in names:
         model_rows = [r for r in rows if r["model"] == name]
-        # generated_rows, seconds, rows/s and tokens/s are the main process's share when there are several.
-        summary["models"][name] = {
+        summary[name] = {
             **per_model[name], "rows": len(model_rows),
             "hit_max_new_tokens_rate": round(sum(r["hit_max_new_tokens"] for r in model_rows) / len(model_rows), 4),
             "mean_new_tokens": round(sum(r["new_tokens"] for r in model_rows) / len(model_rows), 2),
         }
-    write_json_atomic(summary_path, summary)
-    log.info("generate: %d rows x %d models in %.0f s -> %s", len(test), len(MODELS),
-             time.perf_counter() - started, predictions_path)
-    return stage_dir
+    return summary
 
 
-@torch.inference_mode()
-def run_model(model, tokenizer, name, prompts, todo, test, cfg: Config, stop_ids, out, received) -> dict:
-    """Generates rows `todo` in length-sorted batches, appending each finished batch to `out`.
-
-    Stops after the batch in flight when a signal has been `received`."""
-    gen = cfg.generate
-    todo = sorted(todo, key=lambda i: (-len(prompts[i]), i))  # longest first: an OOM shows up at once
-    started, new_tokens = time.perf_counter(), 0
-    generator = torch.Generator(model.device).manual_seed(gen.seed) if gen.do_sample else None
-    bar = tqdm(total=len(todo), desc=f"generate {name}", unit="row", disable=not todo)
-    for start in range(0, len(todo), gen.batch_size):
-        batch = todo[start:start + gen.batch_size]
-        outputs = decode_batch(model, [prompts[i] for i in batch], max_new_tokens=gen.max_new_tokens,
-                               stop_ids=stop_ids, stop_strings=gen.stop_strings, tokenizer=tokenizer,
-                               pad_id=tokenizer.pad_token_id, do_sample=gen.do_sample, temperature=gen.temperature,
-                               top_p=gen.top_p, generator=generator)
-        lines = []
-        for row, generated in zip(batch, outputs):
-            record = decode_row(tokenizer, generated, stop_ids, gen.stop_strings, gen.max_new_tokens)
-            new_tokens += record["new_tokens"]
-            lines.append(json.dumps({"id": test[row]["id"], "model": name, "input": test[row]["input"],
-                                     "reference": test[row]["target"], **record}, ensure_ascii=False) + "\n")
-        append_flushed(out, lines)
-        if received:
-            raise Interrupted(received[0], f"generate interrupted; the rows written so far are kept in {out.name}: "
-                                           "rerun the same command to continue")
-        bar.update(len(batch))
-        elapsed = time.perf_counter() - started
-        bar.set_postfix(tokens_per_s=f"{new_tokens / elapsed:.1f}")
-    bar.close()
-    elapsed = time.perf_counter() - started
-    log.info("generate %s: %d rows, %d new tokens in %.1f s", name, len(todo), new_tokens, elapsed)
-    return {"generated_rows": len(todo), "seconds": round(elapsed, 2),
-            "rows_per_second": round(len(todo) / elapsed, 3) if todo else None,
-            "tokens_per_second": round(new_tokens / elapsed, 2) if todo else None}
-
-
-def decode_row(tokenizer, generated: list[int], stop_ids: list[int], stop_strings, max_new_tokens: int) -> dict:
-    """Cuts the new tokens after a stop token, decodes, and cuts the text at the first stop string."""
-    length, stopped = len(generated), False
-    for position, token in enumerate(generated):
-        if token in stop_ids:
-            length, stopped = position + 1, True
-            break
-    raw = tokenizer.decode(generated[:length], skip_special_tokens=False)
-    text = tokenizer.decode(generated[:length], skip_special_tokens=True)
-    for stop in stop_strings:
-        if stop in text:
-            text, stopped = text.split(stop, 1)[0], True
-    return {"prediction": text.strip(), "raw": raw, "new_tokens": length,
-            "hit_max_new_tokens": not stopped and length >= max_new_tokens}
-
-
-def stop_token_ids(tokenizer, fmt: str) -> list[int]:
-    ids = [tokenizer.eos_token_id]
-    if fmt == "chat":  # instruction-tuned Gemma ends its turn with <end_of_turn>, not <eos>
-        end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-        if end_of_turn is not None and end_of_turn != tokenizer.unk_token_id:
-            ids.append(end_of_turn)
-    return ids
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
 
 
 def append_flushed(out, lines: list[str]) -> None:
@@ -206,7 +246,7 @@ def read_done(path: Path) -> set[tuple[str, str]]:
     return done
 
 
-def merge_predictions(path: Path, shards: list[Path], ids: list[str]) -> list[dict]:
+def merge_predictions(path: Path, shards: list[Path], ids: list[str], names: list[str]) -> list[dict]:
     """Rewrites predictions.jsonl atomically from itself and any per-process shards, in (model, original row)
     order; checks that every (id, model) pair is there exactly once; removes the merged shards."""
     order = {row_id: index for index, row_id in enumerate(ids)}
@@ -216,9 +256,9 @@ def merge_predictions(path: Path, shards: list[Path], ids: list[str]) -> list[di
     keys = [(r["id"], r["model"]) for r in rows]
     if len(set(keys)) != len(keys):
         raise DataError(f"{path} holds an (id, model) pair twice; move the file away to regenerate it")
-    if len(keys) != len(MODELS) * len(ids):
-        raise DataError(f"{path}: {len(keys)} predictions for {len(ids)} rows x {len(MODELS)} models; rerun generate")
-    rows.sort(key=lambda r: (MODELS.index(r["model"]), order[r["id"]]))
+    if set(keys) != {(row_id, name) for row_id in ids for name in names}:
+        raise DataError(f"{path}: {len(keys)} predictions for {len(ids)} rows x {len(names)} models; rerun generate")
+    rows.sort(key=lambda r: (names.index(r["model"]), order[r["id"]]))
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     for shard in shards:
         shard.unlink()

@@ -14,7 +14,11 @@ chat:  the same text as the user turn of the tokenizer's chat template, for inst
 
 from __future__ import annotations
 
+import logging
+
 from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PROMPT_TEMPLATE = "### context: {input}\n### question:"
 
@@ -56,6 +60,17 @@ def training_ids(tokenizer, input_text: str, target: str, fmt: str) -> dict[str,
         completion_ids = completion_ids + [tokenizer.eos_token_id]
     return {"input_ids": prompt_ids + completion_ids,
             "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)}
+
+
+def fit_inputs(tokenizer, inputs: list[str], fmt: str, max_prompt_tokens: int, key: str) -> tuple[list[str], int]:
+    """Every input cut (see fit_input) so that its prompt fits max_prompt_tokens; also how many were cut, which
+    is logged naming the config key (train.max_prompt_tokens or generate.max_prompt_tokens)."""
+    fitted = [fit_input(tokenizer, text, fmt, max_prompt_tokens) for text in inputs]
+    truncated = sum(cut for _, cut in fitted)
+    if truncated:
+        log.info("%d of %d prompts are longer than %s=%d tokens: their context was cut from the left", truncated,
+                 len(inputs), key, max_prompt_tokens)
+    return [text for text, _ in fitted], truncated
 
 
 def fit_input(tokenizer, input_text: str, fmt: str, max_prompt_tokens: int) -> tuple[str, bool]:

@@ -1,77 +1,147 @@
-"""What every stage shares: which config sections it depends on, atomic writes, and "is this stage done?".
+"""What every stage shares: what its outputs depend on, atomic writes, stopping on a signal, and facts to record.
 
-A stage directory (<output>/train, <output>/generate) holds stage.json with the hash of the config sections the
-stage depends on. Rerunning with the same hash resumes or skips; a different hash is refused, so outputs of two
-configs never mix in one directory.
+A stage directory (<output>/train, <output>/generate) holds stage.json with the hash of the config keys its
+outputs depend on (STAGE_INPUTS), written only once the stage's inputs are validated. Rerunning with the same
+hash resumes or skips. A different hash:
+- train: refused when the directory holds checkpoints or an adapter (outputs of two configs never mix); a
+  directory with none (a run that failed before training) is simply taken over;
+- generate: the old predictions are moved to <output>/superseded/generate-<hash>/ and generation starts over,
+  so a new test slice regenerates without retraining and no finished work is deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import platform
 import resource
+import shutil
 import signal
 import sys
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
 from pipeline.config import Config, to_dict
 from pipeline.errors import ConfigError, ResourceError
 
-# The config sections each stage's outputs depend on (score reads everything).
-STAGE_SECTIONS = {
-    "train": ("model", "data", "prompt", "lora", "train"),
-    "generate": ("model", "data", "prompt", "lora", "train", "generate"),
+log = logging.getLogger(__name__)
+
+# The config keys each stage's outputs depend on: a section, a section.key, or -section.key to leave one out.
+# Cache locations, tokens, checkpoint frequency, batch sizes and trackers change no output.
+STAGE_INPUTS = {
+    "train": ("model", "-model.token_file", "-model.cache_dir", "-model.adapter", "-model.adapter_revision",
+              "data", "-data.test_path", "-data.max_test_samples", "prompt", "lora",
+              "train", "-train.save_steps", "-train.save_total_limit", "-train.report_to"),
+    "generate": ("model", "-model.token_file", "-model.cache_dir", "data.source", "data.test_path", "data.revision",
+                 "data.input_column", "data.target_column", "data.label_column", "data.max_test_samples", "prompt",
+                 "generate", "-generate.batch_size", "-generate.max_batch_size", "score.checkpoints"),
     "score": ("model", "data", "prompt", "lora", "train", "generate", "score"),
 }
+STAGE_OUTPUTS = {"train": ("checkpoints", "adapter", "train_summary.json"),
+                 "generate": ("predictions*.jsonl", "generate_summary.json")}
 PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "sacrebleu", "rouge-score")
 
 
-def config_hash(cfg: Config, sections: tuple[str, ...]) -> str:
-    resolved = to_dict(cfg)
-    text = json.dumps({s: resolved[s] for s in sections}, sort_keys=True, ensure_ascii=False)
+def stage_hash(cfg: Config, stage: str) -> str:
+    resolved, inputs = to_dict(cfg), {}
+    for item in STAGE_INPUTS[stage]:
+        section, _, key = item.lstrip("-").partition(".")
+        if item.startswith("-"):
+            del inputs[section][key]
+        elif key:
+            inputs.setdefault(section, {})[key] = resolved[section][key]
+        else:
+            inputs[section] = dict(resolved[section])
+    if stage == "generate" and cfg.model.adapter is None:  # the trained adapter is an input too
+        inputs["train_stage"] = stage_hash(cfg, "train")
+    text = json.dumps(inputs, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def claim_stage_dir(stage_dir: Path, stage: str, cfg: Config) -> str:
-    """Creates stage_dir/stage.json, or checks that an existing one was made with the same config."""
-    sections = STAGE_SECTIONS[stage]
-    digest = config_hash(cfg, sections)
+def recorded_hash(stage_dir: Path) -> str | None:
     marker = stage_dir / "stage.json"
-    if marker.is_file():
-        recorded = json.loads(marker.read_text(encoding="utf-8"))
-        if recorded.get("config_hash") != digest:
-            raise ConfigError(f"{stage_dir} holds a {stage} stage made with a different config (sections "
-                              f"{', '.join(sections)} changed): set output.dir to a new directory or remove it")
-        return digest
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(marker, {"stage": stage, "config_hash": digest,
-                               "config": {s: to_dict(cfg)[s] for s in sections}})
+    return json.loads(marker.read_text(encoding="utf-8")).get("config_hash") if marker.is_file() else None
+
+
+def check_stage_dir(stage_dir: Path, stage: str, cfg: Config) -> str:
+    """Before any work: the config hash, or ConfigError when a train directory holds another config's outputs."""
+    digest = stage_hash(cfg, stage)
+    recorded = recorded_hash(stage_dir)
+    if stage == "train" and recorded not in (None, digest) and _outputs(stage_dir, stage):
+        raise ConfigError(f"{stage_dir} holds a train stage made with a different config (model, data, prompt, "
+                          f"lora or train settings changed): set output.dir to a new directory or remove it")
     return digest
+
+
+def claim_stage_dir(stage_dir: Path, stage: str, cfg: Config) -> str:
+    """Once the stage's inputs are validated: records this config in stage_dir/stage.json (main process only).
+    A generate directory made with a different config has its outputs moved aside first."""
+    digest = check_stage_dir(stage_dir, stage, cfg)
+    recorded = recorded_hash(stage_dir)
+    if recorded == digest:
+        return digest
+    if recorded is not None and _outputs(stage_dir, stage):  # generate: keep the old predictions, start over
+        aside = stage_dir.parent / "superseded" / f"{stage}-{recorded}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in _outputs(stage_dir, stage) + [stage_dir / "stage.json"]:
+            os.replace(path, aside / path.name)
+        log.warning("%s: the config changed since %s was made; its outputs were moved to %s", stage, stage_dir, aside)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stage_dir / "stage.json", {"stage": stage, "config_hash": digest,
+                                                 "config": {s: to_dict(cfg)[s] for s in STAGE_INPUTS["score"]}})
+    return digest
+
+
+def _outputs(stage_dir: Path, stage: str) -> list[Path]:
+    return [path for pattern in STAGE_OUTPUTS[stage] for path in sorted(stage_dir.glob(pattern))]
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, replace: bool = True):
+    """Yields a temporary sibling of `path` to write a file or a whole folder into; on success it is renamed onto
+    `path` (a folder replaces the old one; with replace=False an existing `path` is kept and ours dropped), on any
+    failure removed. A reader sees the old version or the new one, never half. Disk full: ResourceError."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if path.exists() and not replace:
+            _remove(tmp)
+            return
+        if tmp.is_dir():
+            _remove(path)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        if exc.errno == errno.ENOSPC:
+            raise ResourceError(f"disk full while writing {path}; earlier outputs are intact") from None
+        raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     write_text_atomic(path, json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes through a temporary file and a rename: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise ResourceError(f"disk full while writing {path}; earlier outputs are intact") from None
-        raise
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
-@contextmanager
+@contextlib.contextmanager
 def stop_on_signal():
     """While active, SIGTERM/SIGINT only record the signal, so the stage can stop at a safe point (after a training
     step, with a checkpoint; after a flushed generation batch) and raise Interrupted. A second signal stops at once.
@@ -96,7 +166,7 @@ def stop_on_signal():
 
 
 def process_state():
-    """This process's place under accelerate launch / torchrun (or the only process). Without a GPU it says so,
+    """This process's place under torchrun / accelerate launch (or the only process). Without a GPU it says so,
     which makes several processes one gloo group on CPUs instead of N unrelated single processes."""
     import torch
     from accelerate import PartialState

@@ -1,4 +1,6 @@
 import json
+import re
+import shutil
 
 import pytest
 import torch
@@ -23,28 +25,40 @@ def tiny_data(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def adapter_out(tiny_model_dir, tmp_path_factory):
-    """An output dir holding train/adapter: a LoRA with random (non-zero) B, so tuned differs from base."""
+def random_adapter(model_dir, path, seed, target_modules=("q_proj", "v_proj"), rank=4):
+    """A LoRA with random (non-zero) B, so its outputs differ from the base model's."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                           LoraConfig(r=rank, target_modules=list(target_modules), task_type="CAUSAL_LM"))
     for name, param in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.5)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapter_out(tiny_model_dir, tmp_path_factory):
+    """An output dir holding train/adapter, as the train stage leaves it."""
     out = tmp_path_factory.mktemp("out")
-    model.save_pretrained(out / "train" / "adapter")
+    random_adapter(tiny_model_dir, out / "train" / "adapter", seed=1)
     return out
 
 
-def run(tiny_model_dir, tiny_data, out, adapter_out, **gen):
-    if out != adapter_out:
-        import shutil
+@pytest.fixture(scope="module")
+def two_adapters(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("adapters")
+    return {"a": random_adapter(tiny_model_dir, folder / "a", seed=2, target_modules=("k_proj", "o_proj", "q_proj")),
+            "b": random_adapter(tiny_model_dir, folder / "b", seed=3)}
+
+
+def run(tiny_model_dir, tiny_data, out, adapter_out, model=None, **gen):
+    if out != adapter_out and adapter_out is not None:
         shutil.copytree(adapter_out / "train", out / "train", dirs_exist_ok=True)
-    cfg = Config(model=ModelConfig(source=str(tiny_model_dir)), data=DataConfig(source=str(tiny_data)),
+    cfg = Config(model=model or ModelConfig(source=str(tiny_model_dir)), data=DataConfig(source=str(tiny_data)),
                  generate=GenerateConfig(**{"batch_size": 4, "max_new_tokens": 8, "stop_strings": (), **gen}),
                  output=OutputConfig(dir=str(out)))
     stage_dir = generate_module.generate(cfg, out)
@@ -129,20 +143,89 @@ def test_missing_adapter_is_a_clear_error(tiny_model_dir, tiny_data, tmp_path):
         generate_module.generate(cfg, tmp_path)
 
 
-class FakeTokenizer:
-    pad_token_id, eos_token_id = 0, 1
-
-    def decode(self, ids, skip_special_tokens=False):
-        words = {0: "<pad>", 1: "<eos>", 5: "질문", 6: "?", 7: "\n", 8: "다음"}
-        return "".join(words[i] for i in ids if not (skip_special_tokens and i in (0, 1)))
+def only(path, model):
+    return "".join(line + "\n" for line in path.read_text(encoding="utf-8").splitlines()
+                   if json.loads(line)["model"] == model)
 
 
-@pytest.mark.parametrize("generated, prediction, new_tokens, hit_max", [
-    ([5, 6, 1, 0, 0], "질문?", 3, False),           # EOS: stops, nothing after it is counted
-    ([5, 6, 7], "질문?", 3, False),                 # stop string "\n"
-    ([5, 6, 7, 8, 5], "질문?", 5, False),           # the newline ends the question even mid-output
-    ([5, 5, 5, 5, 5], "질문질문질문질문질문", 5, True),  # ran out of tokens
+def test_batch_size_auto_halves_on_out_of_memory_and_keeps_the_rows(reference, tiny_model_dir, tiny_data,
+                                                                     adapter_out, tmp_path, monkeypatch):
+    """An out-of-memory error at batches over 4 rows (injected: no GPU here) halves 16 -> 8 -> 4; the rows written
+    before keep their place and the predictions are those of batch size 4."""
+    real, sizes = generate_module.decode_batch, []
+
+    def small_device(model, tokenizer, prompts, decoding):
+        sizes.append(len(prompts))
+        if len(prompts) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, tokenizer, prompts, decoding)
+
+    monkeypatch.setattr(generate_module, "decode_batch", small_device)
+    predictions, summary = run(tiny_model_dir, tiny_data, tmp_path, adapter_out, batch_size="auto", max_batch_size=16)
+    assert predictions.read_bytes() == reference[0].read_bytes()
+    recorded = json.loads(summary.read_text())
+    assert recorded["batch_size"] == 4 and recorded["batch_size_setting"] == "auto"
+    assert {stats["batch_size"] for stats in recorded["models"].values()} == {4}
+    assert sizes[:3] == [10, 8, 4] and max(sizes[3:]) == 4  # the tuned model starts from the size that fit
+
+
+def test_out_of_memory_at_a_fixed_batch_size_is_exit_3_naming_the_key(tiny_model_dir, tiny_data, adapter_out,
+                                                                       tmp_path, monkeypatch, capsys):
+    from entrypoint import main
+
+    def no_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(generate_module, "decode_batch", no_memory)
+    shutil.copytree(adapter_out / "train", tmp_path / "train")
+    assert main(["generate", f"model.source={tiny_model_dir}", f"data.source={tiny_data}",
+                 f"output.dir={tmp_path}", "generate.batch_size=4"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "out of memory" in err and "generate.batch_size=4" in err and "generate.batch_size=auto" in err
+
+
+def test_several_adapters_in_one_pass(reference, two_adapters, tiny_model_dir, tiny_data, adapter_out, tmp_path):
+    """The base model is loaded once; each adapter's rows equal a run of that adapter alone, and the base rows a
+    base-only run: nothing of one adapter stays in the weights for the next."""
+    many, _ = run(tiny_model_dir, tiny_data, tmp_path / "many", adapter_out,
+                  adapters={name: str(path) for name, path in two_adapters.items()})
+    models = [json.loads(line)["model"] for line in many.read_text().splitlines()]
+    assert models == ["base"] * ROWS + ["tuned"] * ROWS + ["a"] * ROWS + ["b"] * ROWS
+    assert only(many, "base") + only(many, "tuned") == reference[0].read_text()
+    alone, _ = run(tiny_model_dir, tiny_data, tmp_path / "b-alone", None,
+                   model=ModelConfig(source=str(tiny_model_dir), adapter=str(two_adapters["b"])))
+    assert only(many, "b") == only(alone, "tuned").replace('"model": "tuned"', '"model": "b"')
+    assert only(many, "a") != only(many, "b") != only(many, "base")
+
+
+def test_merged_adapters_leave_bf16_base_weights_bit_identical(two_adapters, tiny_model_dir):
+    from pipeline import adapters, models
+
+    cfg = Config(model=ModelConfig(source=str(tiny_model_dir), dtype="bfloat16"))
+    model = models.load_model(cfg.model).eval()
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    for name, path in two_adapters.items():
+        with adapters.merged(model, adapters.Adapter(name, str(path), f"generate.adapters.{name}"), cfg) as tuned:
+            assert any(not torch.equal(p, before[n]) for n, p in tuned.named_parameters())  # really merged
+    assert all(torch.equal(param, before[name]) for name, param in model.named_parameters())
+
+
+@pytest.mark.parametrize("mismatch, expected", [
+    ("rank", r"lora_A.weight has shape \[4, 64\], but rank r=8"),
+    ("module", r"target_modules: w_proj \(did you mean v_proj\?\) match no linear module"),
+    ("base", r"was trained on base model 'google/gemma-3-1b-it', but model.source is"),
 ])
-def test_decode_row_stops_and_counts(generated, prediction, new_tokens, hit_max):
-    row = generate_module.decode_row(FakeTokenizer(), generated, [1], ("\n",), max_new_tokens=5)
-    assert (row["prediction"], row["new_tokens"], row["hit_max_new_tokens"]) == (prediction, new_tokens, hit_max)
+def test_an_adapter_that_does_not_fit_the_base_is_exit_2_naming_both(mismatch, expected, tiny_model_dir, tiny_data,
+                                                                     two_adapters, tmp_path, capsys):
+    from entrypoint import main
+
+    adapter = shutil.copytree(two_adapters["b"], tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config.update({"rank": {"r": 8}, "module": {"target_modules": ["w_proj", "v_proj"]},
+                   "base": {"base_model_name_or_path": "google/gemma-3-1b-it"}}[mismatch])
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    assert main(["generate", f"model.source={tiny_model_dir}", f"data.source={tiny_data}",
+                 f"output.dir={tmp_path / 'out'}", f"model.adapter={adapter}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(expected, err) and "model.adapter" in err, err
+    assert not (tmp_path / "out" / "generate" / "predictions.jsonl").exists()

@@ -1,8 +1,9 @@
-"""End to end: `run` on the tiny model, and once on the real embedded Gemma 3 270M (a few rows)."""
+"""End to end: `run` on the tiny model (and once on the real embedded Gemma 3 270M), as a user runs it."""
 
 import json
 import subprocess
 import sys
+import unicodedata
 
 import pytest
 
@@ -10,22 +11,116 @@ from conftest import ROOT, korean_rows, write_jsonl
 from entrypoint import main
 from eval.report import validate
 
+ENGLISH = ROOT / "tests" / "data" / "soqg-english"
 
-def test_run_on_the_tiny_model_then_rerun_skips_every_stage(tiny_model_dir, tmp_path, capsys):
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
     for split, start, n in (("train", 0, 8), ("validation", 100, 2), ("test", 200, 4)):
-        write_jsonl(tmp_path / "data" / f"{split}.jsonl", korean_rows(n, start))
-    args = ["run", f"model.source={tiny_model_dir}", f"data.source={tmp_path / 'data'}",
-            f"output.dir={tmp_path / 'out'}", "train.max_steps=2", "train.save_steps=1", "generate.max_new_tokens=4",
-            "score.bootstrap_samples=50"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "rougeL" in out and f"report: {tmp_path / 'out' / 'report.json'}" in out
-    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+        write_jsonl(folder / f"{split}.jsonl", korean_rows(n, start))
+    return folder
+
+
+def run_args(tiny_model_dir, data_dir, out, *extra):
+    return ["run", f"model.source={tiny_model_dir}", f"data.source={data_dir}", f"output.dir={out}",
+            "train.max_steps=2", "train.save_steps=1", "generate.max_new_tokens=4", "score.bootstrap_samples=50",
+            *extra]
+
+
+def read_json(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model_dir, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    assert main(run_args(tiny_model_dir, data_dir, out)) == 0
+    return out
+
+
+def test_run_on_the_tiny_model_then_rerun_skips_every_stage(finished, tiny_model_dir, data_dir, capsys):
+    report = read_json(finished / "report.json")
     validate(report)
     assert report["rows"] == 4 and report["train"]["steps"] == 2
-    produced = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()}
-    assert main(args) == 0
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()} == produced
+    produced = {p: p.stat().st_mtime_ns for p in finished.rglob("*") if p.is_file() and p.name != "job.log"}
+    capsys.readouterr()
+    assert main(run_args(tiny_model_dir, data_dir, finished)) == 0
+    out = capsys.readouterr().out
+    assert "rougeL" in out and f"report: {finished / 'report.json'}" in out
+    assert {p: p.stat().st_mtime_ns for p in finished.rglob("*") if p.is_file() and p.name != "job.log"} == produced
+    assert "already finished" in (finished / "job.log").read_text(encoding="utf-8")
+
+
+def test_another_test_slice_regenerates_and_rescores_without_retraining(tiny_model_dir, data_dir, tmp_path):
+    assert main(run_args(tiny_model_dir, data_dir, tmp_path, "data.max_test_samples=2")) == 0
+    adapter = tmp_path / "train" / "adapter" / "adapter_model.safetensors"
+    trained_at = adapter.stat().st_mtime_ns
+    first = (tmp_path / "generate" / "predictions.jsonl").read_text()
+    assert read_json(tmp_path / "report.json")["rows"] == 2
+    # more test rows, and settings that change no output: a token file, the cache, the checkpoint frequency
+    (tmp_path / "token").write_text("hf_unused")
+    assert main(run_args(tiny_model_dir, data_dir, tmp_path, "data.max_test_samples=null", "train.save_steps=50",
+                         f"model.cache_dir={tmp_path / 'cache'}", f"model.token_file={tmp_path / 'token'}")) == 0
+    assert adapter.stat().st_mtime_ns == trained_at  # no retraining
+    assert read_json(tmp_path / "report.json")["rows"] == 4
+    superseded = list((tmp_path / "superseded").glob("generate-*/predictions.jsonl"))
+    assert len(superseded) == 1 and superseded[0].read_text() == first  # the earlier predictions are kept
+
+
+def test_an_nfd_copy_of_the_data_gives_the_same_predictions_and_metrics(finished, tiny_model_dir, data_dir,
+                                                                        tmp_path):
+    for split in ("train", "validation", "test"):
+        text = (data_dir / f"{split}.jsonl").read_text(encoding="utf-8")
+        (tmp_path / "nfd").mkdir(exist_ok=True)
+        (tmp_path / "nfd" / f"{split}.jsonl").write_text(unicodedata.normalize("NFD", text), encoding="utf-8")
+    assert (tmp_path / "nfd" / "test.jsonl").read_bytes() != (data_dir / "test.jsonl").read_bytes()
+    assert main(run_args(tiny_model_dir, tmp_path / "nfd", tmp_path / "out")) == 0
+    predictions = "generate/predictions.jsonl"
+    assert (tmp_path / "out" / predictions).read_bytes() == (finished / predictions).read_bytes()
+    nfd, nfc = read_json(tmp_path / "out" / "report.json"), read_json(finished / "report.json")
+    assert nfd["metrics"] == nfc["metrics"] and nfd["test_set"] == nfc["test_set"]
+
+
+def test_an_english_dataset_in_the_soqg_layout_end_to_end(tiny_model_dir, tmp_path):
+    """The original English Socratic dataset keeps the question type in a `label` column."""
+    result = subprocess.run(
+        [sys.executable, "entrypoint.py", "run", "--config", "configs/demo.yaml", "score.tokenize=13a",
+         f"data.source={ENGLISH}", "data.input_column=thought", "data.target_column=question",
+         "data.label_column=label", f"model.source={tiny_model_dir}", f"output.dir={tmp_path}", "train.max_steps=2",
+         "generate.max_new_tokens=4", "score.bootstrap_samples=50"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = read_json(tmp_path / "report.json")
+    assert report["metric_settings"]["tokenize"] == "13a" and "tok:13a" in report["metric_settings"]["signatures"]["bleu"]
+    assert set(report["per_type"]["tuned"]) == {"clarity", "assumptions", "reasons_evidence",
+                                                "implication_consequences", "alternate_viewpoints_perspectives"}
+    assert report["examples"][0]["reference"] == ("(clarity) What do you mean by better: for the workers, the "
+                                                  "company, or the customers?")
+
+
+def test_an_existing_adapter_is_evaluated_without_training(finished, tiny_model_dir, data_dir, tmp_path):
+    assert main(run_args(tiny_model_dir, data_dir, tmp_path, f"model.adapter={finished / 'train' / 'adapter'}")) == 0
+    assert not (tmp_path / "train").exists()
+    tuned = [line for line in (tmp_path / "generate" / "predictions.jsonl").read_text().splitlines()
+             if json.loads(line)["model"] == "tuned"]
+    original = [line for line in (finished / "generate" / "predictions.jsonl").read_text().splitlines()
+                if json.loads(line)["model"] == "tuned"]
+    assert tuned == original
+    report = read_json(tmp_path / "report.json")
+    assert report["train"] is None and report["adapter"] == str(finished / "train" / "adapter")
+
+
+def test_every_saved_checkpoint_gets_a_metric_point(tiny_model_dir, data_dir, tmp_path):
+    assert main(run_args(tiny_model_dir, data_dir, tmp_path, "train.max_steps=3", "train.save_total_limit=5",
+                         "score.checkpoints=true")) == 0
+    report = read_json(tmp_path / "report.json")
+    assert [c["step"] for c in report["checkpoints"]] == [1, 2, 3]
+    assert report["models"] == ["base", "tuned", "checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert all(set(c) >= {"rougeL", "bleu"} for c in report["checkpoints"])
+    # checkpoint-3 is the final adapter: the same weights, the same predictions
+    assert report["metrics"]["checkpoint-3"] == report["metrics"]["tuned"]
+    assert "## Training checkpoints" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
@@ -33,11 +128,11 @@ def test_run_on_the_embedded_270m_end_to_end(embedded_dir, tmp_path):
     """The real default model, offline, through the CLI as a user runs it (a handful of rows)."""
     result = subprocess.run(
         [sys.executable, "entrypoint.py", "run", "--config", "configs/demo.yaml", f"output.dir={tmp_path}",
-         "data.max_train_samples=16", "data.max_eval_samples=6", "train.logging_steps=1", "train.save_steps=2",
-         "generate.max_new_tokens=24", "score.bootstrap_samples=100"],
+         "data.max_train_samples=16", "data.max_validation_samples=4", "data.max_test_samples=6",
+         "train.logging_steps=1", "train.save_steps=2", "generate.max_new_tokens=24", "score.bootstrap_samples=100"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    report = read_json(tmp_path / "report.json")
     validate(report)
     assert report["train"]["trainable_parameters"] == 1_474_560
     assert report["train"]["adapted_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]

@@ -8,7 +8,7 @@ import torch
 from conftest import korean_rows, write_jsonl
 from entrypoint import main
 from pipeline import train as train_module
-from pipeline.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig, load_config
+from pipeline.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
 from pipeline.errors import ConfigError
 
 EOS = 1
@@ -84,16 +84,52 @@ def test_lora_weights_change_and_base_weights_stay_identical(trained, tiny_model
     assert checked == len([k for k in base if k != "lm_head.weight"])
 
 
-def test_saved_adapter_loads_with_peft_and_generates(trained, tiny_model_dir, gemma_tokenizer):
+@pytest.fixture(scope="module")
+def learnable_model_dir(tmp_path_factory, gemma_tokenizer):
+    """A tiny Gemma 3 whose random output layer is wide enough (init std 0.08, not 0.02) for LoRA on attention to
+    move the argmax within a few dozen steps; the shared tiny model's logits are too flat for that."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(gemma_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, initializer_range=0.08, pad_token_id=0,
+        eos_token_id=1, bos_token_id=2, tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("learnable-gemma3")
+    Gemma3ForCausalLM(config).save_pretrained(path)
+    gemma_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_the_saved_adapter_has_learned_to_end_a_training_row_with_eos(learnable_model_dir, tmp_path,
+                                                                      gemma_tokenizer):
+    """Load the saved adapter with PEFT as a user would: on a training row, the tuned model predicts the
+    completion's tokens and, after the question, EOS; the base model predicts neither."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    _, stage_dir, _ = trained
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model = PeftModel.from_pretrained(base, stage_dir / "adapter")
-    inputs = gemma_tokenizer("### context: 테스트 문장입니다.\n### question:", return_tensors="pt")
-    out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
-    assert out.shape[1] == inputs["input_ids"].shape[1] + 5
+    from pipeline.prompt import training_ids
+
+    rows = korean_rows(2)
+    for split in ("train", "validation", "test"):
+        write_jsonl(tmp_path / "data" / f"{split}.jsonl", rows)
+    cfg = tiny_config(learnable_model_dir, tmp_path / "data", tmp_path, max_steps=60, learning_rate=2e-2,
+                      per_device_train_batch_size=2, save_steps=1000)
+    stage_dir = train_module.train(cfg, tmp_path)
+    example = training_ids(gemma_tokenizer, rows[0]["input"], rows[0]["target"], "plain")
+    ids, prompt_length = torch.tensor([example["input_ids"]]), example["completion_mask"].count(0)
+    completion = example["input_ids"][prompt_length:]
+    predicted = {}
+    for name in ("base", "tuned"):
+        model = AutoModelForCausalLM.from_pretrained(learnable_model_dir).eval()
+        if name == "tuned":
+            model = PeftModel.from_pretrained(model, stage_dir / "adapter").eval()
+        with torch.no_grad():  # the prediction at every completion position, given the row's text before it
+            predicted[name] = model(input_ids=ids).logits[0, prompt_length - 1:-1].argmax(-1).tolist()
+    assert completion[-1] == EOS
+    assert predicted["tuned"][-1] == EOS and predicted["base"][-1] != EOS
+    right = {name: sum(p == t for p, t in zip(tokens, completion)) for name, tokens in predicted.items()}
+    assert right["tuned"] >= 0.8 * len(completion) and right["base"] == 0, right
 
 
 def test_finished_stage_is_not_redone(trained, caplog):
@@ -125,16 +161,21 @@ def test_a_different_config_is_refused_in_the_same_output_dir(trained):
         train_module.train(other, stage_dir.parent)
 
 
+def trainer_for(cfg, rows, tokenizer, checkpoint_dir):
+    from pipeline import models
+
+    dataset, _ = train_module.sft_dataset(rows, tokenizer, cfg)
+    return train_module.build_trainer(cfg, train_module.training_arguments(cfg, checkpoint_dir),
+                                      models.load_model(cfg.model), tokenizer, dataset, dataset)
+
+
 @pytest.mark.parametrize("padding_free", [False, True])
 def test_collated_batch_ends_completions_with_eos_and_masks_prompts(tiny_model_dir, tiny_data, tmp_path,
                                                                     gemma_tokenizer, padding_free):
-    from pipeline import data, models
+    from pipeline import data
 
     cfg = tiny_config(tiny_model_dir, tiny_data, tmp_path, padding_free=padding_free)
-    model = models.load_model(cfg.model)
-    split = data.load_split(cfg.data, "train", limit=4)
-    dataset, _ = train_module.sft_dataset(split, gemma_tokenizer, cfg)
-    trainer = train_module.build_trainer(cfg, model, gemma_tokenizer, dataset, dataset, tmp_path / "ckpt")
+    trainer = trainer_for(cfg, data.load_split(cfg.data, "train", limit=4), gemma_tokenizer, tmp_path / "ckpt")
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels = batch["input_ids"], batch["labels"]
     if padding_free:  # one flat row; position_ids restart at each example
@@ -155,32 +196,62 @@ def test_collated_batch_ends_completions_with_eos_and_masks_prompts(tiny_model_d
     assert (ids[labels == -100] != EOS).all(), "EOS never appears as padding or prompt"
 
 
-def test_target_module_typos_are_caught_before_training(tiny_model_dir, tiny_data, tmp_path, capsys):
-    assert main(["train", f"model.source={tiny_model_dir}", f"data.source={tiny_data}", f"output.dir={tmp_path}",
-                 "lora.target_modules=[q_prog,k_proj,v_proj,o_prog]"]) == 2
+def test_padding_free_examples_do_not_attend_across_each_other(learnable_model_dir, tiny_data, tmp_path,
+                                                               gemma_tokenizer):
+    """A padding-free batch packs examples into one row; each must get the loss it gets alone (the packed
+    loss is the token-weighted mean of the single-example losses). A cross-example leak changes it: checked on the
+    same model by letting positions run on across the boundary."""
+    from pipeline import data
+
+    cfg = tiny_config(learnable_model_dir, tiny_data, tmp_path, per_device_train_batch_size=3)
+    rows = data.load_split(cfg.data, "train", limit=3)
+    trainer = trainer_for(cfg, rows, gemma_tokenizer, tmp_path / "ckpt")
+    packed = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    assert packed["input_ids"].shape[0] == 1 and (packed["position_ids"][0] == 0).sum() == 3
+
+    def loss(batch):
+        with torch.no_grad():
+            return trainer.compute_loss(trainer.model, dict(batch)).item()
+
+    singles = []
+    for example in trainer.train_dataset:  # each example collated alone, as the dataloader collates the three
+        batch = trainer._prepare_inputs(trainer.data_collator([example]))
+        singles.append((loss(batch), int((batch["labels"][0, 1:] != -100).sum())))
+    expected = sum(value * tokens for value, tokens in singles) / sum(tokens for _, tokens in singles)
+    assert loss(packed) == pytest.approx(expected, rel=1e-6)
+    # The check above can fail: one causal sequence over the three examples gives another loss.
+    leaking = {key: value for key, value in packed.items() if key in ("input_ids", "labels")}
+    leaking["attention_mask"] = torch.ones_like(packed["input_ids"])
+    assert abs(loss(leaking) - expected) > 1e-3 * expected  # a thousand times the tolerance above
+
+
+def test_an_optimizer_transformers_does_not_know_fails_before_any_model_loads(tiny_data, tmp_path, capsys,
+                                                                               monkeypatch):
+    from pipeline import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["train", f"data.source={tiny_data}", f"output.dir={tmp_path}", "train.optim=adamw"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.optim: 'adamw' is not one of" in err and "adamw_torch" in err
+    assert main(["train", f"data.source={tiny_data}", f"output.dir={tmp_path}",
+                 "train.lr_scheduler_type=linear_warmup"]) == 2
+    assert "train.lr_scheduler_type" in capsys.readouterr().err
+
+
+def test_target_module_typos_are_caught_before_training_and_the_fix_reruns(tiny_model_dir, tiny_data, tmp_path,
+                                                                           capsys):
+    common = [f"model.source={tiny_model_dir}", f"data.source={tiny_data}", f"output.dir={tmp_path}",
+              "train.max_steps=1"]
+    assert main(["train", *common, "lora.target_modules=[q_prog,k_proj,v_proj,o_prog]"]) == 2
     err = capsys.readouterr().err
     assert "q_prog (did you mean q_proj?)" in err and "o_prog (did you mean o_proj?)" in err
-    assert not (tmp_path / "train" / "checkpoints").exists()
+    assert not (tmp_path / "train").exists()
+    assert main(["train", *common]) == 0  # the corrected command, same output dir
+    assert json.loads((tmp_path / "train" / "train_summary.json").read_text())["steps"] == 1
 
 
-def test_fp16_is_refused_at_config_validation():
-    with pytest.raises(ConfigError, match="fp16"):
-        load_config(None, ["model.dtype=float16"])
+def test_fp16_is_refused_for_gemma3_before_its_weights_load(tiny_model_dir):
+    from pipeline import models
 
-
-def test_completion_only_lm_head_gives_the_same_loss(tiny_model_dir, tiny_data, tmp_path, gemma_tokenizer):
-    from pipeline import data, models
-
-    cfg = tiny_config(tiny_model_dir, tiny_data, tmp_path)
-    split = data.load_split(cfg.data, "train", limit=4)
-    dataset, _ = train_module.sft_dataset(split, gemma_tokenizer, cfg)
-    trainer = train_module.build_trainer(cfg, models.load_model(cfg.model), gemma_tokenizer, dataset, dataset,
-                                         tmp_path / "ckpt")
-    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    with torch.no_grad():
-        every_position = trainer.compute_loss(trainer.model, dict(batch))
-        with train_module.completion_only_lm_head():
-            completion_only = trainer.compute_loss(trainer.model, dict(batch))
-    assert torch.allclose(every_position, completion_only, rtol=1e-6, atol=1e-6)
-    import trl.trainer.utils
-    assert trl.trainer.utils._use_triton(torch.device("cpu")) is False  # restored
+    with pytest.raises(ConfigError, match="fp16 and the loss turns NaN"):
+        models.load_model(ModelConfig(source=str(tiny_model_dir), dtype="float16"))

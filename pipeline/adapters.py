@@ -1,0 +1,144 @@
+"""The adapters a generate pass evaluates, checked against the base model, and merged into it one at a time.
+
+    adapters_to_evaluate(cfg, output_dir) -> [Adapter]     check(adapter, model, cfg)     with merged(model, a): ...
+
+"tuned" is the adapter trained in <output>/train (or model.adapter, which skips training), then the named
+`generate.adapters`, then, with score.checkpoints, every training checkpoint still on disk ("checkpoint-N").
+Before any generation each adapter is checked against the loaded base model: the base it names, its target
+modules, its rank and the shapes of its weights; a mismatch is exit 2 naming both sides. Only safetensors
+adapters are accepted: a pickle (.bin) file can run code when loaded.
+
+Merging gives the fastest decoding (no LoRA matmuls per token), but merging and unmerging in bf16 rounds the
+base weights. So the weights an adapter touches are copied before it is merged and copied back after: the base
+model is bit-for-bit the same for every adapter and for the base rows, whatever ran before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import models
+from pipeline.config import Config
+from pipeline.errors import ConfigError, ResourceError, first_line
+
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str  # the model name in predictions.jsonl and the report
+    source: str  # a local directory or a Hub id
+    key: str  # the config key it came from, for error messages
+    revision: str | None = None
+
+
+def adapters_to_evaluate(cfg: Config, output_dir: Path) -> list[Adapter]:
+    """Every adapter of this run, in order, each local one checked to be a safetensors adapter directory."""
+    trained = Path(output_dir) / "train" / "adapter"
+    adapters = [Adapter("tuned", cfg.model.adapter, "model.adapter", cfg.model.adapter_revision) if cfg.model.adapter
+                else Adapter("tuned", str(trained), "the train stage's adapter")]
+    adapters += [Adapter(name, source, f"generate.adapters.{name}") for name, source in cfg.generate.adapters.items()]
+    if cfg.score.checkpoints and not cfg.model.adapter:
+        found = sorted(trained.parent.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        adapters += [Adapter(path.name, str(path), "score.checkpoints") for path in found]
+    for adapter in adapters:
+        _check_files(adapter, trained)
+    return adapters
+
+
+def _check_files(adapter: Adapter, trained: Path) -> None:
+    path = Path(adapter.source).expanduser()
+    if not models.is_local_source(adapter.source):
+        return  # a Hub id: fetched and checked when the model is loaded
+    if (path / "adapter_model.bin").is_file() and not (path / ADAPTER_WEIGHTS).is_file():
+        raise ResourceError(f"{adapter.key}: {path / 'adapter_model.bin'} is a pickle file, which can run code when "
+                            f"loaded: only {ADAPTER_WEIGHTS} is accepted")
+    if not (path / ADAPTER_WEIGHTS).is_file() or not (path / ADAPTER_CONFIG).is_file():
+        if path == trained:
+            raise ResourceError(f"no trained adapter in {path}: run the train stage first (or set model.adapter)")
+        raise ResourceError(f"{adapter.key}: {path} is not a LoRA adapter directory ({ADAPTER_CONFIG} and "
+                            f"{ADAPTER_WEIGHTS} expected)")
+
+
+def check(adapter: Adapter, model, cfg: Config) -> None:
+    """The adapter fits the loaded base model: the base it names, its target modules, its rank and weight shapes."""
+    from safetensors import safe_open
+
+    config_path, weights_path = (_fetch(adapter, name, cfg) for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
+    config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    where = f"{adapter.key} ({adapter.source})"
+    named = config.get("base_model_name_or_path")
+    if named and _model_name(named) != _model_name(cfg.model.source):
+        raise ConfigError(f"{where} was trained on base model {named!r}, but model.source is {cfg.model.source!r}")
+    targets = config.get("target_modules") or []
+    if isinstance(targets, str):  # a regular expression over module names
+        if not any(re.fullmatch(targets, name) for name, _ in model.named_modules()):
+            raise ConfigError(f"{where}: its target_modules pattern {targets!r} matches no module of "
+                              f"{cfg.model.source}")
+    else:
+        models.check_target_modules(model, targets, cfg.model.source, key=f"{where}: target_modules")
+    modules = dict(model.named_modules())
+    with safe_open(weights_path, framework="pt") as weights:
+        for key in weights.keys():
+            match = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight", key)
+            if not match or match.group(1) not in modules:
+                continue
+            module, shape = modules[match.group(1)], tuple(weights.get_slice(key).get_shape())
+            rank = _rank(config, match.group(1))
+            expected = (rank, module.in_features) if match.group(2) == "A" else (module.out_features, rank)
+            if shape != expected:
+                raise ConfigError(f"{where}: {key} has shape {list(shape)}, but rank r={rank} (its "
+                                  f"{ADAPTER_CONFIG}) on {cfg.model.source}'s {match.group(1)} "
+                                  f"({module.in_features} -> {module.out_features}) needs {list(expected)}")
+
+
+@contextlib.contextmanager
+def merged(model, adapter: Adapter, cfg: Config):
+    """The base model with `adapter` merged into its weights while inside; the base weights bit for bit after."""
+    from peft import PeftModel
+
+    config = json.loads(Path(_fetch(adapter, ADAPTER_CONFIG, cfg)).read_text(encoding="utf-8"))
+    touched = {name: param.detach().clone() for name, param in model.named_parameters()
+               if _is_target(name.rsplit(".", 1)[0], config.get("target_modules") or [])}
+    tuned = PeftModel.from_pretrained(model, adapter.source, revision=adapter.revision,
+                                      token=models.hf_token(cfg.model)).merge_and_unload().eval()
+    try:
+        yield tuned
+    finally:
+        for name, saved in touched.items():
+            tuned.get_parameter(name).data.copy_(saved)
+
+
+def _is_target(module_name: str, targets) -> bool:
+    if isinstance(targets, str):
+        return re.fullmatch(targets, module_name) is not None
+    return module_name.rsplit(".", 1)[-1] in targets
+
+
+def _rank(config: dict, module_name: str) -> int:
+    for pattern, rank in (config.get("rank_pattern") or {}).items():
+        if re.search(pattern, module_name):
+            return rank
+    return config["r"]
+
+
+def _model_name(source: str) -> str:
+    """google/gemma-3-1b-it, /models/gemma-3-1b-it and gemma-3-1b-it name the same model; so do
+    embedded:gemma-3-270m and the folder it is converted into (which checkpoints record)."""
+    return source.rstrip("/").rsplit("/", 1)[-1].removeprefix("embedded:")
+
+
+def _fetch(adapter: Adapter, filename: str, cfg: Config) -> str:
+    if models.is_local_source(adapter.source):
+        return str(Path(adapter.source).expanduser() / filename)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(adapter.source, filename, revision=adapter.revision, token=models.hf_token(cfg.model))
+    except Exception as exc:
+        raise ResourceError(f"{adapter.key}: cannot fetch {filename} of {adapter.source!r} from the Hub: "
+                            f"{first_line(exc)}") from None
