@@ -26,6 +26,7 @@ import numpy as np
 
 from eval import metrics
 from eval.report import SCHEMA_VERSION, write_report
+from pipeline import tracking
 from pipeline.config import CHECKPOINT_NAME, Config, to_dict
 from pipeline.errors import ConfigError, DataError, ResourceError
 from pipeline.stage import package_versions, stage_hash
@@ -92,11 +93,16 @@ def score(cfg: Config, output_dir: Path) -> Path:
     }
     report["stage_seconds"]["score"] = round(time.perf_counter() - started, 1)
     write_report(report, output_dir)
+    if cfg.train.report_to and train_summary.get("trackers"):  # into the runs training logged to
+        tracking.log_final_metrics(train_summary["trackers"], {f"eval/{name}/{metric}": per_model[name][metric]
+                                                               for name in shown for metric in TRACKED},
+                                   step=train_summary.get("steps") or 0)
     log.info("score: %s", report_path)
     return report_path
 
 
 CHECKPOINT_METRICS = ("rougeL", "bleu", "chrf", "type_accuracy")
+TRACKED = ("rougeL", "bleu", "chrf", "type_accuracy", "empty_rate")
 TRAIN_FIELDS = ("steps", "loss_curve", "validation_loss", "trainable_parameters", "adapted_modules",
                 "examples_per_second", "tokens_per_second", "peak_memory", "trackers")
 

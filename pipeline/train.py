@@ -24,7 +24,7 @@ import transformers
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from pipeline import cpu_tuning, data, models
+from pipeline import cpu_tuning, data, models, tracking
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Interrupted, ResourceError, first_line, is_out_of_memory
 from pipeline.prompt import fit_inputs, training_ids
@@ -62,6 +62,8 @@ def train(cfg: Config, output_dir: Path) -> Path:
     eval_set, _ = sft_dataset(splits["validation"], tokenizer, cfg)
     trainer = build_trainer(cfg, args, model, tokenizer, train_set, eval_set)
     adapted = describe_model(trainer)
+    runs: dict = {}
+    trainer.add_callback(RecordTrackerRuns(runs))
 
     # --- train -------------------------------------------------------------------------------------------------
     result, resumed_from, eval_loss = fit(trainer, cfg)
@@ -78,7 +80,7 @@ def train(cfg: Config, output_dir: Path) -> Path:
         **describe_run(trainer, result), "validation_loss": round(eval_loss, 6),
         "wall_seconds": round(time.perf_counter() - started, 1), "peak_memory": peak_memory(),
         "adapter_megabytes": round((adapter_dir / "adapter_model.safetensors").stat().st_size / 2**20, 2),
-        "trackers": trackers(trainer), "packages": package_versions(),
+        "trackers": {**runs, "tensorboard": tracking.tensorboard_dir(trainer)}, "packages": package_versions(),
     })
     log.info("train: done in %.0f s; adapter in %s", time.perf_counter() - started, adapter_dir)
     trainer.accelerator.wait_for_everyone()
@@ -216,17 +218,6 @@ def describe_run(trainer: SFTTrainer, result) -> dict:
             "train_runtime_seconds": round(runtime, 1)}
 
 
-def trackers(trainer: SFTTrainer) -> dict:
-    """Where the Trainer's integrations logged this run, so that the score stage can log to the same run."""
-    from transformers.integrations import TensorBoardCallback
-
-    found = {}
-    for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, TensorBoardCallback) and callback.logging_dir:
-            found["tensorboard"] = str(callback.logging_dir)
-    return found
-
-
 def save_adapter(model, tokenizer, stage_dir: Path, base_source: str) -> Path:
     """Saves adapter + tokenizer to adapter/ through a temporary folder (never half written). adapter_config.json
     names the configured source (a Hub id or embedded:...), not a temporary cache path."""
@@ -253,6 +244,18 @@ class StopTogetherOnSignal(transformers.TrainerCallback):
             self.stopped_at = state.global_step
             control.should_save = control.should_training_stop = True
         return control
+
+
+class RecordTrackerRuns(transformers.TrainerCallback):
+    """Notes the runs of train.report_to's trackers when training begins (after their own callbacks made them), so
+    that the score stage can log its metrics to the same runs (pipeline/tracking.py)."""
+
+    def __init__(self, runs: dict):
+        self.runs = runs
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.runs.update(tracking.current_runs(args))
 
 
 class ProgressLog(transformers.TrainerCallback):

@@ -42,11 +42,16 @@ def start(args, log_path):
 
 
 def wait_for(predicate, process, timeout=240):
+    """Polls for an event the job writes (a logged step, a written row), failing if the job ends first."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert process.poll() is None, "the job ended before it could be interrupted"
         assert time.monotonic() < deadline, "timed out waiting for the job"
-        time.sleep(0.2)
+        time.sleep(0.05)
+
+
+def finish(args, **kwargs):
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs)
 
 
 def test_sigterm_mid_train_saves_a_checkpoint_and_the_rerun_finishes_identically(tiny_model_dir, data_dir,
@@ -64,14 +69,15 @@ def test_sigterm_mid_train_saves_a_checkpoint_and_the_rerun_finishes_identically
     assert 5 <= stopped_at < 30
     assert "rerun the same command to resume" in log_path.read_text()
 
-    resumed = subprocess.run(job_args("train", tiny_model_dir, data_dir, out), cwd=ROOT, capture_output=True)
+    resumed = finish(job_args("train", tiny_model_dir, data_dir, out))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from {out / 'train' / 'checkpoints' / f'checkpoint-{stopped_at}'}" in resumed.stderr
     summary = json.loads((out / "train" / "train_summary.json").read_text())
     assert summary["steps"] == 30 and summary["resumed_from"].endswith(f"checkpoint-{stopped_at}")
     assert [step for step, _ in summary["loss_curve"]] == list(range(1, 31))
 
     straight = tmp_path / "straight"
-    assert subprocess.run(job_args("train", tiny_model_dir, data_dir, straight), cwd=ROOT).returncode == 0
+    assert finish(job_args("train", tiny_model_dir, data_dir, straight)).returncode == 0
     a = load_file(out / "train" / "adapter" / "adapter_model.safetensors")
     b = load_file(straight / "train" / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -85,7 +91,8 @@ def test_sigterm_mid_generate_keeps_rows_and_the_rerun_ends_with_the_same_file(t
     shutil.copytree(first / "train", second / "train")
     predictions = first / "generate" / "predictions.jsonl"
     log_path = tmp_path / "generate.log"
-    process, log = start(job_args("generate", tiny_model_dir, data_dir, first, "train.max_steps=2"), log_path)
+    slow = ("train.max_steps=2", "generate.max_new_tokens=48")  # ~0.2 s a row: the job is mid-way when signalled
+    process, log = start(job_args("generate", tiny_model_dir, data_dir, first, *slow), log_path)
     wait_for(lambda: predictions.exists() and predictions.read_text().count("\n") >= 3, process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143
@@ -93,10 +100,11 @@ def test_sigterm_mid_generate_keeps_rows_and_the_rerun_ends_with_the_same_file(t
     kept = predictions.read_text(encoding="utf-8")
     assert kept.endswith("\n") and 3 <= kept.count("\n") < 24
 
-    args = job_args("generate", tiny_model_dir, data_dir, first, "train.max_steps=2")
-    assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
-    args = job_args("generate", tiny_model_dir, data_dir, second, "train.max_steps=2")
-    assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
+    assert finish(job_args("generate", tiny_model_dir, data_dir, first, *slow)).returncode == 0
+    summary = json.loads((first / "generate" / "generate_summary.json").read_text())
+    assert summary["resumed_rows"] == kept.count("\n")  # the rerun started from the rows kept ...
+    assert sum(m["generated_rows"] for m in summary["models"].values()) == 24 - kept.count("\n")  # ... and did the rest
+    assert finish(job_args("generate", tiny_model_dir, data_dir, second, *slow)).returncode == 0
     assert predictions.read_bytes() == (second / "generate" / "predictions.jsonl").read_bytes()
 
 
@@ -142,7 +150,7 @@ def test_the_token_appears_in_no_output_log_or_report(tiny_model_dir, data_dir, 
     env = {**os.environ, "HF_TOKEN": env_token, "HF_TOKEN_FILE": str(token_file)}
     args = job_args("run", tiny_model_dir, data_dir, out, "train.max_steps=2", "score.bootstrap_samples=20")
     args.insert(2, "-v")  # debug logging: the most talkative the job gets
-    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    result = finish(args, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     written = [p for p in out.rglob("*") if p.is_file()]
     assert any(p.name == "report.json" for p in written)
@@ -151,6 +159,39 @@ def test_the_token_appears_in_no_output_log_or_report(tiny_model_dir, data_dir, 
             assert fragment not in result.stdout + result.stderr
             for path in written:
                 assert fragment.encode() not in path.read_bytes(), path
+
+
+def test_an_unexpected_error_after_the_model_loads_is_exit_4_with_one_line(tiny_model_dir, data_dir, tmp_path):
+    """Never 1 (the regression code): 4, one line on stderr naming the log, the traceback in that log."""
+    inject = ("import sys, entrypoint, pipeline.models as models\n"
+              "load = models.load_model\n"
+              "def broken(*args, **kwargs):\n"
+              "    load(*args, **kwargs)\n"
+              "    raise RuntimeError('injected fault after the model loaded')\n"
+              "models.load_model = broken\n"
+              "sys.exit(entrypoint.main(sys.argv[1:]))\n")
+    result = finish([sys.executable, "-c", inject, *job_args("train", tiny_model_dir, data_dir, tmp_path)[2:]])
+    assert result.returncode == 4, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [result.stderr.strip().splitlines()[-1]]
+    assert errors[0].startswith("error: internal error: RuntimeError: injected fault after the model loaded")
+    assert str(tmp_path / "job.log") in errors[0]
+    log = (tmp_path / "job.log").read_text(encoding="utf-8")
+    assert "Traceback" in log and "injected fault" in log
+
+
+def test_out_of_memory_while_training_is_exit_3_naming_the_batch_size(tiny_model_dir, data_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    import transformers
+
+    def no_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    monkeypatch.setattr(transformers.Trainer, "train", no_memory)
+    assert main(job_args("train", tiny_model_dir, data_dir, tmp_path)[2:]) == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "train.per_device_train_batch_size=2" in err and "train.auto_find_batch_size=true" in err
 
 
 def test_remote_code_cannot_be_switched_on(tiny_model_dir, tmp_path, capsys):
