@@ -1,5 +1,6 @@
 # make demo   - install, then train -> generate -> score on the embedded default (README's first command)
-# make test   - install, then the test suite
+# make test   - install, then the whole test suite (what CI runs)
+# make test-fast - the inner loop: every test that needs no model and starts no process (under a minute)
 # make install - .venv with pinned versions (constraints.txt, shared with the Dockerfile)
 # make bench   - the tutorial's way vs ours (generation rows/s, training examples/s, peak memory)
 # make profile - where our generation and training steps spend their time (bench/profile.txt)
@@ -16,7 +17,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench profile gpu-check gpu-bundle clean
+.PHONY: install test test-fast demo bench profile gpu-check gpu-bundle clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -29,6 +30,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not model and not slow and not subprocess" $(PYTEST_ARGS)
 
 demo: install
 	$(PY) entrypoint.py run --config configs/demo.yaml

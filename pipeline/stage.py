@@ -88,7 +88,7 @@ def claim_stage_dir(stage_dir: Path, stage: str, cfg: Config) -> str:
         aside = stage_dir.parent / "superseded" / f"{stage}-{recorded}"
         aside.mkdir(parents=True, exist_ok=True)
         for path in _outputs(stage_dir, stage) + [stage_dir / "stage.json"]:
-            os.replace(path, aside / path.name)
+            path.rename(aside / path.name)
         log.warning("%s: the config changed since %s was made; its outputs were moved to %s", stage, stage_dir, aside)
     stage_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stage_dir / "stage.json", {"stage": stage, "config_hash": digest,

@@ -14,6 +14,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# A test that uses one of these (directly or through another fixture) needs a model: it is marked `model`, and
+# `make test-fast` (pytest -m "not model and not slow and not subprocess") leaves it out.
+MODEL_FIXTURES = {"embedded_dir", "gemma_tokenizer", "tiny_model_dir"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
 
 # A Gemma-style chat template (the embedded 270M is a base model and has none), enough to test the chat format.
 GEMMA_CHAT_TEMPLATE = (
@@ -28,6 +37,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def write_splits(folder: Path, train: int, validation: int, test: int) -> Path:
+    """A local dataset directory of distinct Korean rows: train.jsonl, validation.jsonl and test.jsonl."""
+    for split, start, n in (("train", 0, train), ("validation", 100, validation), ("test", 200, test)):
+        write_jsonl(folder / f"{split}.jsonl", korean_rows(n, start))
+    return folder
 
 
 def korean_rows(n: int, start: int = 0) -> list[dict]:

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from conftest import korean_rows, write_jsonl
+from conftest import korean_rows, write_splits
 from entrypoint import main
 from pipeline import cpu_tuning
 
@@ -126,8 +126,7 @@ def test_the_job_trains_and_generates_when_a_private_symbol_is_gone(symbol, tiny
     """As after a torch or TRL release that moved the symbol (or on a C library that is not glibc)."""
     monkeypatch.setattr(cpu_tuning, symbol, "libgone.so.9" if symbol == "GLIBC" else "_moved_away")
     caplog.set_level(logging.DEBUG, logger="pipeline.cpu_tuning")
-    for split, start, n in (("train", 0, 8), ("validation", 100, 2), ("test", 200, 3)):
-        write_jsonl(tmp_path / "data" / f"{split}.jsonl", korean_rows(n, start))
+    write_splits(tmp_path / "data", train=8, validation=2, test=3)
     assert main(["run", f"model.source={tiny_model_dir}", f"data.source={tmp_path / 'data'}",
                  f"output.dir={tmp_path / 'out'}", "train.max_steps=2", "generate.max_new_tokens=4",
                  "score.bootstrap_samples=20"]) == 0

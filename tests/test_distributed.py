@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, korean_rows, write_jsonl
+from conftest import ROOT, write_splits
 
-pytestmark = pytest.mark.subprocess
+pytestmark = [pytest.mark.subprocess, pytest.mark.timeout(900)]
 
 LAUNCH = [sys.executable, "-m", "pipeline.launch"]
 TIMEOUT = 600
@@ -23,10 +23,7 @@ TIMEOUT = 600
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    for split, start, n in (("train", 0, 48), ("validation", 100, 2), ("test", 200, 11)):
-        write_jsonl(folder / f"{split}.jsonl", korean_rows(n, start))
-    return folder
+    return write_splits(tmp_path_factory.mktemp("data"), train=48, validation=2, test=11)
 
 
 def job(tiny_model_dir, data_dir, out, *extra):
@@ -69,8 +66,8 @@ def two_nodes(tiny_model_dir, data_dir, tmp_path_factory):
     rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                   "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-nodes-test"]
     command = ["entrypoint.py", "run", *job(tiny_model_dir, data_dir, out, "train.max_steps=6")]
-    nodes = [subprocess.Popen(LAUNCH + rendezvous + ["--node-rank", str(rank)] + command, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    nodes = [subprocess.Popen(LAUNCH + rendezvous + command, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for node in nodes:
         _, err = node.communicate(timeout=TIMEOUT)
         assert node.returncode == 0, err[-3000:]

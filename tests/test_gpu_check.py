@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from bench import gpu_check
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_measures_every_target(tmp_path, embedded_dir, capsys):
     results = gpu_check.main(["--smoke", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "gpu_results.json").read_text(encoding="utf-8"))

@@ -15,6 +15,7 @@ from pipeline.errors import ResourceError
 KOREAN = "(다른 관점 생각하기) 아무것도 없는 나라들은 어떻습니까? ### context: 무역은 제로섬이 아니다."
 
 
+@pytest.mark.slow
 def test_embedded_conversion_round_trips(embedded_dir, tmp_path):
     """The cached safetensors equal the GGUF's dequantized weights, and the tokenizers agree."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -48,9 +49,10 @@ def test_interrupted_conversion_leaves_no_half_model(tmp_path, monkeypatch):
     assert list((tmp_path / "embedded").iterdir()) == []
 
 
+@pytest.mark.subprocess
 def test_converted_model_is_reused_without_loading_anything(embedded_dir):
     result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "entrypoint.py"), "model", "fetch"],
-                            capture_output=True, text=True, cwd=ROOT)
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert str(embedded_dir) in result.stdout
     assert "transformers" not in result.stderr and "torch" not in result.stderr  # no heavy import at all
@@ -101,11 +103,13 @@ def test_missing_model_path_exits_3_naming_it(tmp_path, capsys):
     assert f"model path {missing} does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_hub_id_offline_says_so_and_never_shows_the_token(tmp_path):
     token = "hf_FAKEtokenDoNotLeak1234567890"
     env = {**os.environ, "HF_TOKEN": token, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "entrypoint.py", "-v", "model", "fetch",
-                             "model.source=google/gemma-3-1b-it"], capture_output=True, text=True, cwd=ROOT, env=env)
+                             "model.source=google/gemma-3-1b-it"], capture_output=True, text=True, cwd=ROOT, env=env,
+                            timeout=300)
     assert result.returncode == 3
     assert "offline" in result.stderr and "local directory" in result.stderr
     for fragment in (token, token[3:], token[-8:]):

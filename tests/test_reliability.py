@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, korean_rows, write_jsonl
+from conftest import ROOT, write_splits
 from entrypoint import main
 from pipeline import generate as generate_module
 from pipeline.errors import ResourceError
@@ -23,10 +23,7 @@ from pipeline.stage import write_json_atomic
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    for split, start, n in (("train", 0, 40), ("validation", 100, 2), ("test", 200, 12)):
-        write_jsonl(folder / f"{split}.jsonl", korean_rows(n, start))
-    return folder
+    return write_splits(tmp_path_factory.mktemp("data"), train=40, validation=2, test=12)
 
 
 def job_args(command, tiny_model_dir, data_dir, out, *extra):
@@ -54,6 +51,7 @@ def finish(args, **kwargs):
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs)
 
 
+@pytest.mark.subprocess
 def test_sigterm_mid_train_saves_a_checkpoint_and_the_rerun_finishes_identically(tiny_model_dir, data_dir,
                                                                                  tmp_path):
     out = tmp_path / "interrupted"
@@ -83,6 +81,7 @@ def test_sigterm_mid_train_saves_a_checkpoint_and_the_rerun_finishes_identically
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.subprocess
 def test_sigterm_mid_generate_keeps_rows_and_the_rerun_ends_with_the_same_file(tiny_model_dir, data_dir,
                                                                                tmp_path):
     first = tmp_path / "interrupted"
@@ -142,6 +141,7 @@ def test_disk_full_while_writing_json_leaves_the_old_file(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
+@pytest.mark.subprocess
 def test_the_token_appears_in_no_output_log_or_report(tiny_model_dir, data_dir, tmp_path):
     env_token, file_token = "hf_EnvTokenABCDEF123456789", "hf_FileTokenZYXWVU987654321"
     token_file = tmp_path / "token"
@@ -161,6 +161,7 @@ def test_the_token_appears_in_no_output_log_or_report(tiny_model_dir, data_dir, 
                 assert fragment.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.subprocess
 def test_an_unexpected_error_after_the_model_loads_is_exit_4_with_one_line(tiny_model_dir, data_dir, tmp_path):
     """Never 1 (the regression code): 4, one line on stderr naming the log, the traceback in that log."""
     inject = ("import sys, entrypoint, pipeline.models as models\n"

@@ -7,7 +7,7 @@ import unicodedata
 
 import pytest
 
-from conftest import ROOT, korean_rows, write_jsonl
+from conftest import ROOT, write_splits
 from entrypoint import main
 from eval.report import validate
 
@@ -16,10 +16,7 @@ ENGLISH = ROOT / "tests" / "data" / "soqg-english"
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    for split, start, n in (("train", 0, 8), ("validation", 100, 2), ("test", 200, 4)):
-        write_jsonl(folder / f"{split}.jsonl", korean_rows(n, start))
-    return folder
+    return write_splits(tmp_path_factory.mktemp("data"), train=8, validation=2, test=4)
 
 
 def run_args(tiny_model_dir, data_dir, out, *extra):
@@ -82,6 +79,7 @@ def test_an_nfd_copy_of_the_data_gives_the_same_predictions_and_metrics(finished
     assert nfd["metrics"] == nfc["metrics"] and nfd["test_set"] == nfc["test_set"]
 
 
+@pytest.mark.subprocess
 def test_an_english_dataset_in_the_soqg_layout_end_to_end(tiny_model_dir, tmp_path):
     """The original English Socratic dataset keeps the question type in a `label` column."""
     result = subprocess.run(
@@ -124,6 +122,8 @@ def test_every_saved_checkpoint_gets_a_metric_point(tiny_model_dir, data_dir, tm
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.timeout(1200)
 def test_run_on_the_embedded_270m_end_to_end(embedded_dir, tmp_path):
     """The real default model, offline, through the CLI as a user runs it (a handful of rows)."""
     result = subprocess.run(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import korean_rows, write_jsonl
+from conftest import write_splits
 from entrypoint import main
 from pipeline import tracking
 
@@ -26,8 +26,7 @@ def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_gets_the_training_loss_and_the_final_scores(tiny_model_dir, tmp_path):
-    for split, start, n in (("train", 0, 8), ("validation", 100, 2), ("test", 200, 3)):
-        write_jsonl(tmp_path / "data" / f"{split}.jsonl", korean_rows(n, start))
+    write_splits(tmp_path / "data", train=8, validation=2, test=3)
     out = tmp_path / "out"
     assert main(["run", f"model.source={tiny_model_dir}", f"data.source={tmp_path / 'data'}", f"output.dir={out}",
                  "train.max_steps=3", "train.logging_steps=1", "generate.max_new_tokens=4",
