@@ -1,4 +1,5 @@
 import json
+import re
 import unicodedata
 
 import pytest
@@ -199,15 +200,21 @@ CSV_ROWS = "".join(f'"{r["input"]}","{r["target"]}"\n' for r in korean_rows(3))
     ("not an object", "test.jsonl", (GOOD[0] + '\n["주장", "질문"]\n').encode(),
      r"test.jsonl \(split test\) row 2: expected an object"),
 ])
-def test_input_files_people_produce(tmp_path, name, filename, content, expected):
+def test_input_files_people_produce(tmp_path, capsys, name, filename, content, expected):
+    """Through the CLI as a user meets it: the test split is the case, train and validation are good files."""
+    for split in ("train", "validation"):
+        write_jsonl(tmp_path / f"{split}.jsonl", korean_rows(3))
     (tmp_path / filename).write_bytes(content)
-    cfg = DataConfig(source=str(tmp_path))
+    code = main(["data", "check", f"data.source={tmp_path}"])
+    out, err = capsys.readouterr()
     if isinstance(expected, int):
-        rows = data.load_split(cfg, "test")
+        assert code == 0 and f"test       {expected:>7} rows" in out, (name, err)
+        rows = data.load_split(DataConfig(source=str(tmp_path)), "test")
         assert [row["target"] for row in rows] == [r["target"] for r in korean_rows(expected)], name
     else:
-        with pytest.raises(DataError, match=expected):
-            data.load_split(cfg, "test")
+        assert code == 2, name
+        assert err.count("\n") == 1 and err.startswith("error: "), err
+        assert re.search(expected, err), err
 
 
 def test_bad_test_split_fails_train_before_any_model_loads(tmp_path, capsys, monkeypatch):

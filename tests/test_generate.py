@@ -184,18 +184,31 @@ def test_out_of_memory_at_a_fixed_batch_size_is_exit_3_naming_the_key(tiny_model
     assert "out of memory" in err and "generate.batch_size=4" in err and "generate.batch_size=auto" in err
 
 
-def test_several_adapters_in_one_pass(reference, two_adapters, tiny_model_dir, tiny_data, adapter_out, tmp_path):
-    """The base model is loaded once; each adapter's rows equal a run of that adapter alone, and the base rows a
-    base-only run: nothing of one adapter stays in the weights for the next."""
-    many, _ = run(tiny_model_dir, tiny_data, tmp_path / "many", adapter_out,
-                  adapters={name: str(path) for name, path in two_adapters.items()})
+def test_base_and_two_adapters_in_one_pass(reference, two_adapters, tiny_model_dir, tiny_data, adapter_out,
+                                           tmp_path):
+    """The base model is loaded once; the base rows equal a run without these adapters, and each adapter's rows a
+    run of that adapter alone: nothing of one adapter stays in the weights for the next. The report shows the
+    three models and the paired deltas against the chosen reference."""
+    from eval.score import score
+    from pipeline.config import ScoreConfig
+
+    out = tmp_path / "two"
+    model = ModelConfig(source=str(tiny_model_dir), adapter=str(two_adapters["a"]))
+    many, _ = run(tiny_model_dir, tiny_data, out, None, model=model, adapters={"b": str(two_adapters["b"])})
     models = [json.loads(line)["model"] for line in many.read_text().splitlines()]
-    assert models == ["base"] * ROWS + ["tuned"] * ROWS + ["a"] * ROWS + ["b"] * ROWS
-    assert only(many, "base") + only(many, "tuned") == reference[0].read_text()
+    assert models == ["base"] * ROWS + ["tuned"] * ROWS + ["b"] * ROWS
+    assert only(many, "base") == only(reference[0], "base")
     alone, _ = run(tiny_model_dir, tiny_data, tmp_path / "b-alone", None,
                    model=ModelConfig(source=str(tiny_model_dir), adapter=str(two_adapters["b"])))
     assert only(many, "b") == only(alone, "tuned").replace('"model": "tuned"', '"model": "b"')
-    assert only(many, "a") != only(many, "b") != only(many, "base")
+    assert only(many, "tuned") != only(many, "b") != only(many, "base")
+    cfg = Config(model=model, data=DataConfig(source=str(tiny_data)), output=OutputConfig(dir=str(out)),
+                 generate=GenerateConfig(batch_size=4, max_new_tokens=8, stop_strings=(),
+                                         adapters={"b": str(two_adapters["b"])}),
+                 score=ScoreConfig(reference="b", bootstrap_samples=50))
+    report = json.loads(score(cfg, out).read_text(encoding="utf-8"))
+    assert report["models"] == ["base", "tuned", "b"] and report["reference"] == "b"
+    assert set(report["deltas"]) == {"base", "tuned"} and report["train"] is None
 
 
 def test_merged_adapters_leave_bf16_base_weights_bit_identical(two_adapters, tiny_model_dir):

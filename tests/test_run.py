@@ -65,17 +65,19 @@ def test_another_test_slice_regenerates_and_rescores_without_retraining(tiny_mod
     assert len(superseded) == 1 and superseded[0].read_text() == first  # the earlier predictions are kept
 
 
-def test_an_nfd_copy_of_the_data_gives_the_same_predictions_and_metrics(finished, tiny_model_dir, data_dir,
-                                                                        tmp_path):
+def test_an_nfd_copy_of_the_sample_gives_the_same_predictions_and_metrics(tiny_model_dir, tmp_path):
+    """data/sample saved as NFD (Hangul as jamo, as macOS often writes it) is the same data."""
     for split in ("train", "validation", "test"):
-        text = (data_dir / f"{split}.jsonl").read_text(encoding="utf-8")
+        text = (ROOT / "data" / "sample" / f"{split}.jsonl").read_text(encoding="utf-8")
         (tmp_path / "nfd").mkdir(exist_ok=True)
         (tmp_path / "nfd" / f"{split}.jsonl").write_text(unicodedata.normalize("NFD", text), encoding="utf-8")
-    assert (tmp_path / "nfd" / "test.jsonl").read_bytes() != (data_dir / "test.jsonl").read_bytes()
-    assert main(run_args(tiny_model_dir, tmp_path / "nfd", tmp_path / "out")) == 0
+    assert (tmp_path / "nfd" / "test.jsonl").read_bytes() != (ROOT / "data" / "sample" / "test.jsonl").read_bytes()
+    limits = ("data.max_train_samples=8", "data.max_validation_samples=2", "data.max_test_samples=6")
+    for name, source in (("nfc", ROOT / "data" / "sample"), ("nfd", tmp_path / "nfd")):
+        assert main(run_args(tiny_model_dir, source, tmp_path / f"out-{name}", *limits)) == 0
     predictions = "generate/predictions.jsonl"
-    assert (tmp_path / "out" / predictions).read_bytes() == (finished / predictions).read_bytes()
-    nfd, nfc = read_json(tmp_path / "out" / "report.json"), read_json(finished / "report.json")
+    assert (tmp_path / "out-nfd" / predictions).read_bytes() == (tmp_path / "out-nfc" / predictions).read_bytes()
+    nfd, nfc = (read_json(tmp_path / f"out-{name}" / "report.json") for name in ("nfd", "nfc"))
     assert nfd["metrics"] == nfc["metrics"] and nfd["test_set"] == nfc["test_set"]
 
 
