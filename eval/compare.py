@@ -194,7 +194,8 @@ def format_verdict(verdict: Verdict, markdown: bool = False) -> str:
         interval = f"[{check.interval[0]:+.4f}, {check.interval[1]:+.4f}]" if check.interval else ""
         worse = "drop" if metrics.DIRECTION[check.metric] == metrics.HIGHER else "rise"
         what = f"{check.metric} {worse if check.kind == 'drop' else 'vs base'}"
-        rows.append([what, f"{check.baseline:.4f}", f"{check.candidate:.4f}", f"{check.candidate - check.baseline:+.4f}",
+        change = check.candidate - check.baseline
+        rows.append([what, f"{check.baseline:.4f}", f"{check.candidate:.4f}", f"{change:+.4f}",
                      f"{check.limit:.4f}", interval, check.rule, result])
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * 5 + "---|---|"]

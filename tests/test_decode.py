@@ -157,7 +157,8 @@ def test_a_row_that_starts_with_a_newline_gets_its_question(model, gemma_tokeniz
     biased = type(model)(model.config).eval()
     biased.load_state_dict(model.state_dict())
     with torch.no_grad():
-        biased.lm_head.weight[newline[0]] += 50 * biased.model(input_ids=torch.tensor([prompt])).last_hidden_state[0, -1]
+        last_hidden = biased.model(input_ids=torch.tensor([prompt])).last_hidden_state[0, -1]
+        biased.lm_head.weight[newline[0]] += 50 * last_hidden
     decoding = Decoding(max_new_tokens=6, stop_ids=(), stop_strings=("\n",), pad_id=pad)
     (row,) = decode.decode_batch(biased, gemma_tokenizer, [prompt], decoding)
     assert row[0] == newline[0] and len(row) > 1

@@ -92,7 +92,8 @@ def test_an_english_dataset_in_the_soqg_layout_end_to_end(tiny_model_dir, tmp_pa
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = read_json(tmp_path / "report.json")
-    assert report["metric_settings"]["tokenize"] == "13a" and "tok:13a" in report["metric_settings"]["signatures"]["bleu"]
+    settings = report["metric_settings"]
+    assert settings["tokenize"] == "13a" and "tok:13a" in settings["signatures"]["bleu"]
     assert set(report["per_type"]["tuned"]) == {"clarity", "assumptions", "reasons_evidence",
                                                 "implication_consequences", "alternate_viewpoints_perspectives"}
     assert report["examples"][0]["reference"] == ("(clarity) What do you mean by better: for the workers, the "
