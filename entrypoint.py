@@ -247,9 +247,9 @@ def run_cli(argv: list[str] | None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # Ctrl-C, or a second SIGTERM (StoppedAtOnce)
         click.echo("interrupted; finished outputs are kept: rerun the same command to resume", err=True)
-        return 130
+        return getattr(exc, "exit_code", 130)
     except Exception as exc:  # never exit 1 ("regression") for a crash: 3 for out of memory, 4 for anything else
         from pipeline.errors import is_out_of_memory
 

@@ -121,7 +121,7 @@ def train_ours() -> dict:
     eval_set, _ = sft_dataset(train_rows(TRAIN_BATCH), tokenizer, cfg)
     trainer = build_trainer(cfg, training_arguments(cfg, Path(tempfile.mkdtemp())), model, tokenizer, dataset,
                             eval_set)
-    result, _, _ = fit(trainer, cfg)  # as pipeline.train.train() runs it: CPU tuning, signals, resume
+    result, _, _ = fit(trainer, cfg, received=[])  # as pipeline.train.train() runs it: CPU tuning, resume
     return train_figures(trainer, result, cfg.train.gradient_checkpointing)
 
 

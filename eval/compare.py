@@ -21,8 +21,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jsonschema
+
 from eval import metrics
-from eval.report import SCHEMA_VERSION
+from eval.report import SCHEMA_VERSION, validate
 from eval.score import file_sha256, read_predictions
 from pipeline.errors import ConfigError, DataError
 
@@ -52,6 +54,7 @@ class Verdict:
 
 
 def load_report(path: Path) -> dict:
+    """A report.json of this schema version, checked against the schema: anything else is exit 2, naming why."""
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -60,6 +63,11 @@ def load_report(path: Path) -> dict:
         version = report.get("schema_version") if isinstance(report, dict) else None
         raise DataError(f"{path} is a report of schema version {version!r}; this version compares {SCHEMA_VERSION!r} "
                         "reports only: rescore it with this version (entrypoint.py score)")
+    try:
+        validate(report)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(map(str, exc.absolute_path)) or "the top level"
+        raise DataError(f"{path} is not a valid report.json ({where}: {exc.message})") from None
     return report
 
 
@@ -177,9 +185,9 @@ def paired_intervals(baseline_predictions: Path, candidate_predictions: Path, mo
 
 
 def improvement(candidate: dict, model: str, name: str) -> Check:
-    if candidate["reference"] != "base":
-        raise ConfigError(f"--require-improvement: the candidate report tests its models against "
-                          f"{candidate['reference']!r}, not base (score.reference)")
+    if candidate["reference"] != "base" or model == "base":
+        raise ConfigError(f"--require-improvement: the candidate report has no test of {model} against base "
+                          f"(its models are tested against {candidate['reference']!r}: score.reference)")
     delta = candidate["deltas"][model][name]
     return Check("improvement", name, candidate["metrics"]["base"][name], candidate["metrics"][model][name],
                  P_THRESHOLD, delta["delta"] * metrics.DIRECTION[name] > 0 and delta["p_value"] < P_THRESHOLD,

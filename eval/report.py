@@ -39,7 +39,7 @@ def write_report(report: dict, output_dir: Path) -> dict[str, Path]:
 
 def compared_models(report: dict) -> list[str]:
     """The models shown side by side: every model but the training checkpoints (they have their own table)."""
-    checkpoints = {c["model"] for c in report["checkpoints"]}
+    checkpoints = {c["model"] for c in report["checkpoints"]} - {"tuned"}
     return [name for name in report["models"] if name not in checkpoints]
 
 

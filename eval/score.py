@@ -38,9 +38,12 @@ def score(cfg: Config, output_dir: Path) -> Path:
     output_dir = Path(output_dir)
     report_path, predictions_path = output_dir / "report.json", output_dir / "generate" / "predictions.jsonl"
     digest = stage_hash(cfg, "score")
-    if report_path.is_file() and json.loads(report_path.read_text(encoding="utf-8")).get("config_hash") == digest:
-        log.info("score: %s is up to date, skipping", report_path)
-        return report_path
+    if report_path.is_file() and predictions_path.is_file():  # up to date: same config, same predictions
+        recorded = json.loads(report_path.read_text(encoding="utf-8"))
+        if (recorded.get("config_hash"), recorded.get("predictions", {}).get("sha256")) == (
+                digest, file_sha256(predictions_path)):
+            log.info("score: %s is up to date, skipping", report_path)
+            return report_path
     started = time.perf_counter()
     train_summary = read_json(output_dir / "train" / "train_summary.json", "train") if not cfg.model.adapter else {}
     generate_summary = read_json(output_dir / "generate" / "generate_summary.json", "generate")
@@ -82,8 +85,7 @@ def score(cfg: Config, output_dir: Path) -> Path:
         "metrics": per_model,
         "deltas": deltas,
         "per_type": {name: metrics.per_type(scores[name]) for name in shown},
-        "checkpoints": [{"step": int(n.split("-")[1]), "model": n, **{k: per_model[n][k] for k in CHECKPOINT_METRICS}}
-                        for n in names if CHECKPOINT_NAME.fullmatch(n)],
+        "checkpoints": checkpoint_points(cfg, names, per_model, train_summary),
         "train": {k: train_summary.get(k) for k in TRAIN_FIELDS} if train_summary else None,
         "adapter": cfg.model.adapter,
         "generate": {k: generate_summary.get(k) for k in ("models", "prompts_truncated", "max_new_tokens",
@@ -105,6 +107,18 @@ CHECKPOINT_METRICS = ("rougeL", "bleu", "chrf", "type_accuracy")
 TRACKED = ("rougeL", "bleu", "chrf", "type_accuracy", "empty_rate")
 TRAIN_FIELDS = ("steps", "loss_curve", "validation_loss", "trainable_parameters", "adapted_modules",
                 "examples_per_second", "tokens_per_second", "peak_memory", "trackers")
+
+
+def checkpoint_points(cfg: Config, names: list[str], per_model: dict, train_summary: dict) -> list[dict]:
+    """With score.checkpoints: the headline metrics per saved step, the last step being the tuned adapter itself
+    (its checkpoint holds the same weights, so it is not generated twice)."""
+    if not cfg.score.checkpoints:
+        return []
+    points = [(int(name.split("-")[1]), name) for name in names if CHECKPOINT_NAME.fullmatch(name)]
+    if train_summary.get("steps"):
+        points.append((train_summary["steps"], "tuned"))
+    return [{"step": step, "model": name, **{k: per_model[name][k] for k in CHECKPOINT_METRICS}}
+            for step, name in sorted(points)]
 
 
 def read_predictions(path: Path) -> dict[str, list[dict]]:

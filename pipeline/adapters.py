@@ -16,6 +16,7 @@ model is bit-for-bit the same for every adapter and for the base rows, whatever 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -39,15 +40,41 @@ class Adapter:
 def adapters_to_evaluate(cfg: Config, output_dir: Path) -> list[Adapter]:
     """Every adapter of this run, in order, each local one checked to be a safetensors adapter directory."""
     trained = Path(output_dir) / "train" / "adapter"
-    adapters = [Adapter("tuned", cfg.model.adapter, "model.adapter", cfg.model.adapter_revision) if cfg.model.adapter
-                else Adapter("tuned", str(trained), "the train stage's adapter")]
-    adapters += [Adapter(name, source, f"generate.adapters.{name}") for name, source in cfg.generate.adapters.items()]
+    adapters = [Adapter("tuned", _local(cfg.model.adapter), "model.adapter", cfg.model.adapter_revision)
+                if cfg.model.adapter else Adapter("tuned", str(trained), "the train stage's adapter")]
+    adapters += [Adapter(name, _local(source), f"generate.adapters.{name}")
+                 for name, source in cfg.generate.adapters.items()]
     if cfg.score.checkpoints and not cfg.model.adapter:
+        summary = trained.parent / "train_summary.json"
+        last_step = json.loads(summary.read_text(encoding="utf-8"))["steps"] if summary.is_file() else None
         found = sorted(trained.parent.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        adapters += [Adapter(path.name, str(path), "score.checkpoints") for path in found]
+        # The checkpoint of the last step holds the tuned adapter's weights: its rows would be the tuned rows.
+        adapters += [Adapter(path.name, str(path), "score.checkpoints") for path in found
+                     if int(path.name.split("-")[1]) != last_step]
     for adapter in adapters:
         _check_files(adapter, trained)
     return adapters
+
+
+def fingerprints(adapters: list[Adapter]) -> dict[str, str]:
+    """What each adapter is, for the generate stage's hash: a local adapter by its weights' sha256 (a new adapter
+    at the same path is not the old one), a Hub adapter by its id and revision."""
+    found = {}
+    for adapter in adapters:
+        if models.is_local_source(adapter.source):
+            digest = hashlib.sha256()
+            with (Path(adapter.source) / ADAPTER_WEIGHTS).open("rb") as weights:
+                for block in iter(lambda: weights.read(1 << 20), b""):
+                    digest.update(block)
+            found[adapter.name] = digest.hexdigest()
+        else:
+            found[adapter.name] = f"{adapter.source}@{adapter.revision or 'main'}"
+    return found
+
+
+def _local(source: str) -> str:
+    """~ expanded in a local path (PEFT's loader would take "~/adapter" for a Hub id)."""
+    return str(Path(source).expanduser()) if models.is_local_source(source) else source
 
 
 def _check_files(adapter: Adapter, trained: Path) -> None:
@@ -102,8 +129,10 @@ def merged(model, adapter: Adapter, cfg: Config):
     from peft import PeftModel
 
     config = json.loads(Path(_fetch(adapter, ADAPTER_CONFIG, cfg)).read_text(encoding="utf-8"))
-    touched = {name: param.detach().clone() for name, param in model.named_parameters()
-               if _is_target(name.rsplit(".", 1)[0], config.get("target_modules") or [])}
+    whole = set(config.get("modules_to_save") or [])  # modules the adapter replaces outright when unloaded
+    touched = {name: param.detach().clone() for name, param in model.named_parameters(remove_duplicate=False)
+               if _is_target(name.rsplit(".", 1)[0], config.get("target_modules") or [])
+               or whole & set(name.split("."))}
     tuned = PeftModel.from_pretrained(model, adapter.source, revision=adapter.revision,
                                       token=models.hf_token(cfg.model)).merge_and_unload().eval()
     try:

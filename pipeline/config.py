@@ -205,6 +205,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"lora.dropout must be in [0, 1), got {cfg.lora.dropout}")
     if not 0.0 <= cfg.train.warmup_ratio < 1.0:
         raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {cfg.train.warmup_ratio}")
+    if not cfg.generate.temperature > 0:
+        raise ConfigError(f"generate.temperature must be > 0, got {cfg.generate.temperature}")
+    if not 0.0 < cfg.generate.top_p <= 1.0:
+        raise ConfigError(f"generate.top_p must be in (0, 1], got {cfg.generate.top_p}")
     if not cfg.lora.target_modules:
         raise ConfigError("lora.target_modules must name at least one module")
     for key in ("max_train_samples", "max_validation_samples", "max_test_samples"):

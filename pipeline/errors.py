@@ -32,6 +32,14 @@ def is_offline_error(exc: BaseException) -> bool:
                                          "network", "max retries", "timed out", "localentrynotfound"))
 
 
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGTERM/SIGINT: stop where the job is (what was written stays); exit 128 + signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped at once by a second signal {signum}")
+        self.exit_code = 128 + signum
+
+
 class Interrupted(UserError):
     """SIGINT/SIGTERM: the stage stopped at a safe point; exit 128 + signal number (130, 143)."""
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from pipeline import adapters as adapters_module
@@ -57,7 +56,9 @@ class Work:
 def generate(cfg: Config, output_dir: Path) -> Path:
     stage_dir = Path(output_dir) / "generate"
     predictions_path, summary_path = stage_dir / "predictions.jsonl", stage_dir / "generate_summary.json"
-    if summary_path.is_file() and recorded_hash(stage_dir) == stage_hash(cfg, "generate"):
+    adapters = adapters_module.adapters_to_evaluate(cfg, output_dir)
+    config_hash = stage_hash(cfg, "generate", adapters_module.fingerprints(adapters))
+    if summary_path.is_file() and recorded_hash(stage_dir) == config_hash:
         log.info("generate: already finished in %s, skipping", stage_dir)
         return stage_dir
     started = time.perf_counter()
@@ -65,25 +66,26 @@ def generate(cfg: Config, output_dir: Path) -> Path:
 
     # --- setup: everything checked before the first row is generated ----------------------------------------
     test = data.load_split(cfg.data, "test", models.hf_token(cfg.model), limit=cfg.data.max_test_samples)
-    adapters = adapters_module.adapters_to_evaluate(cfg, output_dir)
-    with state.main_process_first():
-        config_hash = claim_stage_dir(stage_dir, "generate", cfg)
+    with state.local_main_process_first():  # one process per node converts the embedded model
         source = models.resolve_source(cfg.model)
     tokenizer = models.load_tokenizer(cfg.model, source)
     model = models.load_model(cfg.model, source, device=state.device).eval()
     for adapter in adapters:
         adapters_module.check(adapter, model, cfg)
+    with state.main_process_first():  # only now: a run that fails its checks leaves earlier predictions in place
+        claim_stage_dir(stage_dir, "generate", cfg, config_hash)
     prompts, truncated = prompt_ids(tokenizer, test, cfg)
     work = Work(rows=test, prompts=prompts, decoding=decoding(tokenizer, cfg), batch_size=cfg.generate.batch_size,
                 max_batch_size=cfg.generate.max_batch_size, seed=cfg.generate.seed)
     shard_path = predictions_path if state.num_processes == 1 else (
         stage_dir / f"predictions.rank{state.process_index}-of-{state.num_processes}.jsonl")
-    done = read_done(shard_path)
+    done = read_done(stage_dir, shard_path)  # whatever process count wrote them
+    state.wait_for_everyone()  # every process has read the files before any appends to its own
     mine = range(state.process_index, len(test), state.num_processes)
 
     # --- generate: the base model, then each adapter merged into the same weights -----------------------------
     per_model, names = {}, ["base"] + [a.name for a in adapters]
-    with shard_path.open("a", encoding="utf-8") as out, stop_on_signal() as received:
+    with stop_on_signal() as received, shard_path.open("a", encoding="utf-8") as out:
         for adapter in [None] + adapters:
             name = adapter.name if adapter else "base"
             todo = [i for i in mine if (test[i]["id"], name) not in done]
@@ -97,24 +99,25 @@ def generate(cfg: Config, output_dir: Path) -> Path:
                     per_model[name] = run_model(tuned, tokenizer, name, todo, work, out, received)
             if work.batch_size == "auto":  # the next model starts from the size that fit
                 work = dataclasses.replace(work, max_batch_size=per_model[name]["batch_size"])
-    resumed = sum(gather_object([len(done)]))  # every process's count, for the main process's summary
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return stage_dir
-
-    # --- save: shards merged in the original order, then the summary (its presence marks the stage finished) ---
-    shards = sorted(stage_dir.glob(f"predictions.rank*-of-{state.num_processes}.jsonl"))
-    rows = merge_predictions(predictions_path, shards, [row["id"] for row in test], names)
-    write_json_atomic(summary_path, {
-        "config_hash": config_hash, "rows": len(test), "models": summarize(rows, per_model, names),
-        "processes": state.num_processes, "device": state.device.type, "device_name": device_name(state.device),
-        "dtype": str(model.dtype).removeprefix("torch."), "prompts_truncated": truncated,
-        "resumed_rows": resumed, "max_new_tokens": cfg.generate.max_new_tokens,
-        "batch_size": next((s["batch_size"] for s in reversed(per_model.values()) if "batch_size" in s), None),
-        "batch_size_setting": cfg.generate.batch_size, "wall_seconds": round(time.perf_counter() - started, 1),
-        "peak_memory": peak_memory(), "packages": package_versions()})
-    log.info("generate: %d rows x %d models in %.0f s -> %s", len(test), len(names), time.perf_counter() - started,
-             predictions_path)
+        out.close()
+        state.wait_for_everyone()
+        # --- save: the files merged in the original order, then the summary (its presence marks the end) ------
+        if state.is_main_process:
+            rows = merge_predictions(predictions_path, [row["id"] for row in test], names)
+            write_json_atomic(summary_path, {
+                "config_hash": config_hash, "rows": len(test), "models": summarize(rows, per_model, names),
+                "processes": state.num_processes, "device": state.device.type,
+                "device_name": device_name(state.device), "dtype": str(model.dtype).removeprefix("torch."),
+                "prompts_truncated": truncated, "resumed_rows": len(done),
+                "max_new_tokens": cfg.generate.max_new_tokens,
+                "batch_size": next((s["batch_size"] for s in reversed(per_model.values()) if "batch_size" in s), None),
+                "batch_size_setting": cfg.generate.batch_size, "wall_seconds": round(time.perf_counter() - started, 1),
+                "peak_memory": peak_memory(), "packages": package_versions()})
+            log.info("generate: %d rows x %d models in %.0f s -> %s", len(test), len(names),
+                     time.perf_counter() - started, predictions_path)
+        state.wait_for_everyone()
+    if received:  # it came after the last batch (merging, saving): the stage is done, the run stops here
+        raise Interrupted(received[0], "stopped after the generate stage finished: rerun the same command to continue")
     return stage_dir
 
 
@@ -223,43 +226,48 @@ def append_flushed(out, lines: list[str]) -> None:
                             "rerun to continue") from None
 
 
-def read_done(path: Path) -> set[tuple[str, str]]:
-    """(id, model) pairs already written. A torn last line (a crash mid-write) is cut off the file."""
-    if not path.is_file():
-        return set()
-    content = path.read_bytes()
-    complete = content[: content.rfind(b"\n") + 1]
-    if len(complete) != len(content):
-        log.warning("generate: dropping a torn last line of %s", path)
-        with path.open("r+b") as handle:
-            handle.truncate(len(complete))
+def read_done(stage_dir: Path, own: Path) -> set[tuple[str, str]]:
+    """(id, model) pairs already written, in predictions.jsonl or any process's shard (a rerun may use another
+    process count). A torn last line (a crash mid-write) is cut off this process's own file, skipped elsewhere."""
     done = set()
-    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-        try:
-            row = json.loads(line)
-            done.add((row["id"], row["model"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f"{path} line {number} is not a prediction row; move the file away to regenerate "
-                            "it") from None
+    for path in prediction_files(stage_dir):
+        content = path.read_bytes()
+        complete = content[: content.rfind(b"\n") + 1]
+        if len(complete) != len(content) and path == own:
+            log.warning("generate: dropping a torn last line of %s", path)
+            with path.open("r+b") as handle:
+                handle.truncate(len(complete))
+        for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+            try:
+                row = json.loads(line)
+                done.add((row["id"], row["model"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError(f"{path} line {number} is not a prediction row; move the file away to regenerate "
+                                "it") from None
     if done:
-        log.info("generate: resuming, %d rows already in %s", len(done), path)
+        log.info("generate: resuming, %d rows already in %s", len(done), stage_dir)
     return done
 
 
-def merge_predictions(path: Path, shards: list[Path], ids: list[str], names: list[str]) -> list[dict]:
-    """Rewrites predictions.jsonl atomically from itself and any per-process shards, in (model, original row)
-    order; checks that every (id, model) pair is there exactly once; removes the merged shards."""
-    order = {row_id: index for index, row_id in enumerate(ids)}
-    rows = []
-    for source in ([path] if path.is_file() else []) + shards:
-        rows += [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()]
-    keys = [(r["id"], r["model"]) for r in rows]
-    if len(set(keys)) != len(keys):
-        raise DataError(f"{path} holds an (id, model) pair twice; move the file away to regenerate it")
-    if set(keys) != {(row_id, name) for row_id in ids for name in names}:
-        raise DataError(f"{path}: {len(keys)} predictions for {len(ids)} rows x {len(names)} models; rerun generate")
-    rows.sort(key=lambda r: (names.index(r["model"]), order[r["id"]]))
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    for shard in shards:
-        shard.unlink()
-    return rows
+def prediction_files(stage_dir: Path) -> list[Path]:
+    return sorted(stage_dir.glob("predictions*.jsonl"))
+
+
+def merge_predictions(path: Path, ids: list[str], names: list[str]) -> list[dict]:
+    """Rewrites predictions.jsonl atomically from itself and every shard, in (model, original row) order, each
+    (id, model) pair once (a pair in two files, after a crash between the rewrite and the shards' removal, is the
+    same row: the first is kept); checks that every pair is there; then removes the shards."""
+    order, rows = {row_id: index for index, row_id in enumerate(ids)}, {}
+    files = prediction_files(path.parent)
+    for source in files:
+        for line in source.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            rows.setdefault((row["id"], row["model"]), row)
+    if set(rows) != {(row_id, name) for row_id in ids for name in names}:
+        raise DataError(f"{path}: {len(rows)} predictions for {len(ids)} rows x {len(names)} models; rerun generate")
+    merged = sorted(rows.values(), key=lambda r: (names.index(r["model"]), order[r["id"]]))
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged))
+    for shard in files:
+        if shard != path:
+            shard.unlink()
+    return merged

@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.config import Config, to_dict
-from pipeline.errors import ConfigError, ResourceError
+from pipeline.errors import ConfigError, ResourceError, StoppedAtOnce
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,16 @@ STAGE_INPUTS = {
                  "generate", "-generate.batch_size", "-generate.max_batch_size", "score.checkpoints"),
     "score": ("model", "data", "prompt", "lora", "train", "generate", "score"),
 }
-STAGE_OUTPUTS = {"train": ("checkpoints", "adapter", "train_summary.json"),
+# What counts as a stage's outputs (an empty checkpoints/ folder, which the Trainer makes at once, does not).
+STAGE_OUTPUTS = {"train": ("checkpoints/checkpoint-*", "adapter", "train_summary.json"),
                  "generate": ("predictions*.jsonl", "generate_summary.json")}
 PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "sacrebleu", "rouge-score")
 
 
-def stage_hash(cfg: Config, stage: str) -> str:
-    resolved, inputs = to_dict(cfg), {}
+def stage_hash(cfg: Config, stage: str, files: dict | None = None) -> str:
+    """A hash of the config keys `stage` depends on, and of `files` (what its input files hold: the generate
+    stage's adapters, by the hash of their weights, so a new adapter at the same path is not taken for the old)."""
+    resolved, inputs = to_dict(cfg), {"files": files}
     for item in STAGE_INPUTS[stage]:
         section, _, key = item.lstrip("-").partition(".")
         if item.startswith("-"):
@@ -56,8 +59,6 @@ def stage_hash(cfg: Config, stage: str) -> str:
             inputs.setdefault(section, {})[key] = resolved[section][key]
         else:
             inputs[section] = dict(resolved[section])
-    if stage == "generate" and cfg.model.adapter is None:  # the trained adapter is an input too
-        inputs["train_stage"] = stage_hash(cfg, "train")
     text = json.dumps(inputs, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -67,23 +68,21 @@ def recorded_hash(stage_dir: Path) -> str | None:
     return json.loads(marker.read_text(encoding="utf-8")).get("config_hash") if marker.is_file() else None
 
 
-def check_stage_dir(stage_dir: Path, stage: str, cfg: Config) -> str:
-    """Before any work: the config hash, or ConfigError when a train directory holds another config's outputs."""
-    digest = stage_hash(cfg, stage)
+def check_stage_dir(stage_dir: Path, stage: str, digest: str) -> None:
+    """Before any work: ConfigError when a train directory holds checkpoints or an adapter of another config."""
     recorded = recorded_hash(stage_dir)
     if stage == "train" and recorded not in (None, digest) and _outputs(stage_dir, stage):
         raise ConfigError(f"{stage_dir} holds a train stage made with a different config (model, data, prompt, "
                           f"lora or train settings changed): set output.dir to a new directory or remove it")
-    return digest
 
 
-def claim_stage_dir(stage_dir: Path, stage: str, cfg: Config) -> str:
-    """Once the stage's inputs are validated: records this config in stage_dir/stage.json (main process only).
+def claim_stage_dir(stage_dir: Path, stage: str, cfg: Config, digest: str) -> None:
+    """Once the stage's inputs are validated: records this config in stage_dir/stage.json (main process first).
     A generate directory made with a different config has its outputs moved aside first."""
-    digest = check_stage_dir(stage_dir, stage, cfg)
+    check_stage_dir(stage_dir, stage, digest)
     recorded = recorded_hash(stage_dir)
     if recorded == digest:
-        return digest
+        return
     if recorded is not None and _outputs(stage_dir, stage):  # generate: keep the old predictions, start over
         aside = stage_dir.parent / "superseded" / f"{stage}-{recorded}"
         aside.mkdir(parents=True, exist_ok=True)
@@ -93,7 +92,6 @@ def claim_stage_dir(stage_dir: Path, stage: str, cfg: Config) -> str:
     stage_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stage_dir / "stage.json", {"stage": stage, "config_hash": digest,
                                                  "config": {s: to_dict(cfg)[s] for s in STAGE_INPUTS["score"]}})
-    return digest
 
 
 def _outputs(stage_dir: Path, stage: str) -> list[Path]:
@@ -152,7 +150,7 @@ def stop_on_signal():
 
     def record(signum, frame):
         if received:
-            raise KeyboardInterrupt
+            raise StoppedAtOnce(signum)
         received.append(signum)
         print(f"received {signal.Signals(signum).name}: stopping at the next safe point "
               "(send it again to stop at once)", file=sys.stderr, flush=True)

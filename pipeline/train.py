@@ -29,7 +29,7 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError, Interrupted, ResourceError, first_line, is_out_of_memory
 from pipeline.prompt import fit_inputs, training_ids
 from pipeline.stage import (atomic_path, check_stage_dir, claim_stage_dir, package_versions, peak_memory,
-                            recorded_hash, stop_on_signal, write_json_atomic)
+                            recorded_hash, stage_hash, stop_on_signal, write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 def train(cfg: Config, output_dir: Path) -> Path:
     stage_dir = Path(output_dir) / "train"
     summary_path = stage_dir / "train_summary.json"
-    config_hash = check_stage_dir(stage_dir, "train", cfg)  # another config's checkpoints: refused, before any work
+    config_hash = stage_hash(cfg, "train")
+    check_stage_dir(stage_dir, "train", config_hash)  # another config's checkpoints: refused, before any work
     if summary_path.is_file() and recorded_hash(stage_dir) == config_hash:
         log.info("train: already finished in %s, skipping", stage_dir)
         return stage_dir
@@ -56,7 +57,7 @@ def train(cfg: Config, output_dir: Path) -> Path:
     model = models.load_model(cfg.model, source)
     models.check_target_modules(model, cfg.lora.target_modules, cfg.model.source)
     with args.main_process_first(local=False):  # across nodes too: the output dir is shared
-        claim_stage_dir(stage_dir, "train", cfg)  # only now: a run that failed on its inputs leaves nothing behind
+        claim_stage_dir(stage_dir, "train", cfg, config_hash)  # only now: a run that failed on its inputs leaves none
     overlap = data.warn_on_overlap(splits)
     train_set, truncated = sft_dataset(splits["train"], tokenizer, cfg)
     eval_set, _ = sft_dataset(splits["validation"], tokenizer, cfg)
@@ -65,26 +66,33 @@ def train(cfg: Config, output_dir: Path) -> Path:
     runs: dict = {}
     trainer.add_callback(RecordTrackerRuns(runs))
 
-    # --- train -------------------------------------------------------------------------------------------------
-    result, resumed_from, eval_loss = fit(trainer, cfg)
-
-    # --- save (the main process; the others wait so that no one reads a half-written stage) ------------------
-    if not trainer.is_world_process_zero():
+    with stop_on_signal() as received:
+        # --- train ---------------------------------------------------------------------------------------------
+        result, resumed_from, eval_loss = fit(trainer, cfg, received)
+        # --- save (the main process; the others wait so that no one reads a half-written stage) --------------
+        if trainer.is_world_process_zero():
+            save(trainer, tokenizer, cfg, stage_dir, {
+                "config_hash": config_hash, "model_source": cfg.model.source, **adapted,
+                "train_rows": len(train_set), "validation_rows": len(eval_set), "train_prompts_truncated": truncated,
+                "inputs_shared_between_splits": overlap, "resumed_from": resumed_from,
+                **describe_run(trainer, result), "validation_loss": round(eval_loss, 6),
+                "wall_seconds": round(time.perf_counter() - started, 1), "trackers": runs})
         trainer.accelerator.wait_for_everyone()
-        return stage_dir
-    adapter_dir = save_adapter(trainer.model, tokenizer, stage_dir, cfg.model.source)
-    write_json_atomic(summary_path, {
-        "config_hash": config_hash, "model_source": cfg.model.source, **adapted,
-        "train_rows": len(train_set), "validation_rows": len(eval_set), "train_prompts_truncated": truncated,
-        "inputs_shared_between_splits": overlap, "resumed_from": resumed_from,
-        **describe_run(trainer, result), "validation_loss": round(eval_loss, 6),
-        "wall_seconds": round(time.perf_counter() - started, 1), "peak_memory": peak_memory(),
-        "adapter_megabytes": round((adapter_dir / "adapter_model.safetensors").stat().st_size / 2**20, 2),
-        "trackers": {**runs, "tensorboard": tracking.tensorboard_dir(trainer)}, "packages": package_versions(),
-    })
-    log.info("train: done in %.0f s; adapter in %s", time.perf_counter() - started, adapter_dir)
-    trainer.accelerator.wait_for_everyone()
+    if received:  # it came after the last step (evaluating, saving): the stage is done, the run stops here
+        raise Interrupted(received[0], "stopped after the train stage finished: rerun the same command to continue")
     return stage_dir
+
+
+def save(trainer: SFTTrainer, tokenizer, cfg: Config, stage_dir: Path, summary: dict) -> None:
+    """The adapter (renamed into place), then train_summary.json: its presence marks the stage finished."""
+    adapter_dir = save_adapter(trainer.model, tokenizer, stage_dir, cfg.model.source)
+    write_json_atomic(stage_dir / "train_summary.json", {
+        **summary, "peak_memory": peak_memory(),
+        "adapter_megabytes": round((adapter_dir / "adapter_model.safetensors").stat().st_size / 2**20, 2),
+        "trackers": {**summary["trackers"], "tensorboard": tracking.tensorboard_dir(trainer)},
+        "packages": package_versions(),
+    })
+    log.info("train: done; adapter in %s", adapter_dir)
 
 
 def training_arguments(cfg: Config, checkpoint_dir: Path) -> SFTConfig:
@@ -128,12 +136,12 @@ def training_arguments(cfg: Config, checkpoint_dir: Path) -> SFTConfig:
 
 
 def load_splits(cfg: Config) -> dict[str, list[dict]]:
-    """The training and validation rows, and the test split validated too: a bad test row must not cost a
-    training run."""
+    """Every split the run uses, validated: the test split too, so that a bad test row never costs a training
+    run (and train/test leakage is counted)."""
     token = models.hf_token(cfg.model)
-    data.load_split(cfg.data, "test", token, limit=cfg.data.max_test_samples)
-    return {"train": data.load_split(cfg.data, "train", token, limit=cfg.data.max_train_samples),
-            "validation": data.load_split(cfg.data, "validation", token, limit=cfg.data.max_validation_samples)}
+    limits = {"train": cfg.data.max_train_samples, "validation": cfg.data.max_validation_samples,
+              "test": cfg.data.max_test_samples}
+    return {split: data.load_split(cfg.data, split, token, limit=limit) for split, limit in limits.items()}
 
 
 def build_trainer(cfg: Config, args: SFTConfig, model, tokenizer, train_set: Dataset,
@@ -146,15 +154,16 @@ def build_trainer(cfg: Config, args: SFTConfig, model, tokenizer, train_set: Dat
                       processing_class=tokenizer, peft_config=lora_config, callbacks=[ProgressLog()])
 
 
-def fit(trainer: SFTTrainer, cfg: Config) -> tuple[transformers.trainer_utils.TrainOutput, str | None, float]:
+def fit(trainer: SFTTrainer, cfg: Config,
+        received: list[int]) -> tuple[transformers.trainer_utils.TrainOutput, str | None, float]:
     """Trains from the newest checkpoint (if any) and evaluates; returns the result, the checkpoint resumed from
-    and the validation loss. On SIGTERM/SIGINT every process finishes the same step and one checkpoint is saved
-    before Interrupted is raised (exit 143/130)."""
+    and the validation loss. When a signal has been `received` (pipeline.stage.stop_on_signal), every process
+    finishes the same step and one checkpoint is saved before Interrupted is raised (exit 143/130)."""
     checkpoints = Path(trainer.args.output_dir)
-    checkpoint = transformers.trainer_utils.get_last_checkpoint(checkpoints) if checkpoints.is_dir() else None
+    checkpoint = newest_complete_checkpoint(checkpoints)
     if checkpoint:
         log.info("train: resuming from %s", checkpoint)
-    with cpu_tuning.for_training(trainer.args.device), stop_on_signal() as received:
+    with cpu_tuning.for_training(trainer.args.device):
         stop = StopTogetherOnSignal(trainer.accelerator, received)
         trainer.add_callback(stop)
         try:
@@ -170,13 +179,26 @@ def fit(trainer: SFTTrainer, cfg: Config) -> tuple[transformers.trainer_utils.Tr
             raise ResourceError(
                 f"out of memory while training at train.per_device_train_batch_size="
                 f"{cfg.train.per_device_train_batch_size}: lower it (and raise train.gradient_accumulation_steps to "
-                f"keep the effective batch), or set train.auto_find_batch_size=true ({first_line(exc)})") from None
+                f"keep the effective batch), or set train.auto_find_batch_size=true"
+                f"{' in a new output.dir (checkpoints of this batch size exist)' if checkpoint else ''} "
+                f"({first_line(exc)})") from None
         if stop.stopped_at is not None:
             raise Interrupted(received[0] if received else signal.SIGTERM,
                               f"train interrupted at step {stop.stopped_at}; checkpoint saved in {checkpoints}: "
                               "rerun the same command to resume")
         eval_loss = trainer.evaluate()["eval_loss"]
     return result, checkpoint, eval_loss
+
+
+def newest_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint-N that was saved to the end (the Trainer writes trainer_state.json last): a process
+    killed while saving leaves a partial one, which must not be resumed from."""
+    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+                   if p.name.split("-")[-1].isdigit() else -1)
+    complete = [p for p in found if (p / "trainer_state.json").is_file()]
+    if len(complete) < len(found):
+        log.warning("train: ignoring %s: saved only in part", ", ".join(p.name for p in found if p not in complete))
+    return str(complete[-1]) if complete else None
 
 
 def sft_dataset(rows: list[dict], tokenizer, cfg: Config) -> tuple[Dataset, int]:

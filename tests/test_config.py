@@ -69,6 +69,8 @@ def test_overrides_are_typed():
     ("generate.adapters=[a,b]", "generate.adapters"),
     ("generate.adapters.base=/x", "generate.adapters"),
     ("score.tokenize=spm", "score.tokenize"),
+    ("generate.temperature=0", "generate.temperature"),
+    ("generate.top_p=1.5", "generate.top_p"),
     ("score.reference=nobody", "score.reference"),
     ("train.report_to=[comet]", "train.report_to[0]"),
 ])

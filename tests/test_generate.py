@@ -131,6 +131,46 @@ def test_a_crashed_run_resumes_to_the_same_file(reference, tiny_model_dir, tiny_
     assert resumed.read_bytes() == reference[0].read_bytes()
 
 
+def test_a_rerun_with_another_process_count_resumes_every_file(reference, tiny_model_dir, tiny_data, adapter_out,
+                                                               tmp_path):
+    """Rows written by an earlier run with one process (predictions.jsonl) and with two (a rank's shard) are all
+    resumed by a rerun, whatever its process count, and merged into one file."""
+    lines = reference[0].read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "generate").mkdir()
+    (tmp_path / "generate" / "predictions.jsonl").write_text("".join(lines[:3]), encoding="utf-8")
+    (tmp_path / "generate" / "predictions.rank1-of-2.jsonl").write_text("".join(lines[3:14:2]), encoding="utf-8")
+    predictions, summary = run(tiny_model_dir, tiny_data, tmp_path, adapter_out)
+    assert predictions.read_bytes() == reference[0].read_bytes()
+    assert sorted(p.name for p in (tmp_path / "generate").glob("predictions*")) == ["predictions.jsonl"]
+    recorded = json.loads(summary.read_text())
+    assert recorded["resumed_rows"] == 3 + len(lines[3:14:2])
+    assert sum(m["generated_rows"] for m in recorded["models"].values()) == 2 * ROWS - recorded["resumed_rows"]
+
+
+def test_a_new_adapter_at_the_same_path_is_generated_and_scored_again(two_adapters, tiny_model_dir, tiny_data,
+                                                                      tmp_path, monkeypatch):
+    from eval.score import score
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # and a path written with ~, as users type it
+    shutil.copytree(two_adapters["a"], tmp_path / "candidate")
+    cfg = Config(model=ModelConfig(source=str(tiny_model_dir), adapter="~/candidate"),
+                 data=DataConfig(source=str(tiny_data)), output=OutputConfig(dir=str(tmp_path / "out")),
+                 generate=GenerateConfig(batch_size=4, max_new_tokens=8, stop_strings=()))
+    first = (generate_module.generate(cfg, tmp_path / "out") / "predictions.jsonl").read_text()
+    report = json.loads(score(cfg, tmp_path / "out").read_text())
+    shutil.rmtree(tmp_path / "candidate")
+    shutil.copytree(two_adapters["b"], tmp_path / "candidate")  # last night's candidate, same path
+    second = (generate_module.generate(cfg, tmp_path / "out") / "predictions.jsonl").read_text()
+    assert only_text(second, "tuned") != only_text(first, "tuned") and only_text(second, "base") == only_text(
+        first, "base")
+    rescored = json.loads(score(cfg, tmp_path / "out").read_text())
+    assert rescored["predictions"]["sha256"] != report["predictions"]["sha256"]
+
+
+def only_text(text, model):
+    return [line for line in text.splitlines() if json.loads(line)["model"] == model]
+
+
 def test_long_prompts_are_truncated_and_counted(tiny_model_dir, tiny_data, adapter_out, tmp_path):
     predictions, summary = run(tiny_model_dir, tiny_data, tmp_path, adapter_out, max_prompt_tokens=30)
     assert json.loads(summary.read_text())["prompts_truncated"] == ROWS

@@ -189,10 +189,26 @@ def test_out_of_memory_while_training_is_exit_3_naming_the_batch_size(tiny_model
     def no_memory(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
 
-    monkeypatch.setattr(transformers.Trainer, "train", no_memory)
-    assert main(job_args("train", tiny_model_dir, data_dir, tmp_path)[2:]) == 3
+    with monkeypatch.context() as small_gpu:
+        small_gpu.setattr(transformers.Trainer, "train", no_memory)
+        assert main(job_args("train", tiny_model_dir, data_dir, tmp_path)[2:]) == 3
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "train.per_device_train_batch_size=2" in err and "train.auto_find_batch_size=true" in err
+    # Following the advice in the same output dir: nothing was saved, so the new batch size trains there.
+    assert main(job_args("train", tiny_model_dir, data_dir, tmp_path, "train.max_steps=2",
+                         "train.per_device_train_batch_size=1")[2:]) == 0
+
+
+def test_a_second_signal_stops_at_once_with_its_own_exit_code():
+    from pipeline.errors import StoppedAtOnce
+    from pipeline.stage import stop_on_signal
+
+    with pytest.raises(StoppedAtOnce) as stopped, stop_on_signal() as received:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert received == [signal.SIGTERM]  # the first one is only recorded
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # not reached: the handler raises at once
+    assert stopped.value.exit_code == 143 and isinstance(stopped.value, KeyboardInterrupt)
 
 
 def test_remote_code_cannot_be_switched_on(tiny_model_dir, tmp_path, capsys):

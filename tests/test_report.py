@@ -171,6 +171,15 @@ def test_a_report_of_another_schema_version_is_refused(scored, tmp_path, capsys)
     assert "schema version '1.0'" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{not json")
     assert gate(tmp_path / "bad.json", scored[1], "--max-drop", "rougeL=0.01") == 2
+    capsys.readouterr()
+    del old["test_set"]
+    old["schema_version"] = "2.0"
+    (tmp_path / "partial.json").write_text(json.dumps(old))
+    assert gate(tmp_path / "partial.json", scored[1], "--max-drop", "rougeL=0.01") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a valid report.json" in err and "test_set" in err
+    assert gate(scored[1], scored[1], "--max-drop", "rougeL=0.01", "--model", "base", "--require-improvement") == 2
+    assert "no test of base against base" in capsys.readouterr().err
 
 
 def test_baseline_predictions_elsewhere_and_markdown(scored, tmp_path, capsys):

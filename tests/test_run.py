@@ -1,6 +1,7 @@
 """End to end: `run` on the tiny model (and once on the real embedded Gemma 3 270M), as a user runs it."""
 
 import json
+import shutil
 import subprocess
 import sys
 import unicodedata
@@ -65,6 +66,18 @@ def test_another_test_slice_regenerates_and_rescores_without_retraining(tiny_mod
     assert len(superseded) == 1 and superseded[0].read_text() == first  # the earlier predictions are kept
 
 
+def test_a_failed_rerun_leaves_the_finished_predictions_in_place(finished, tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    before = (out / "generate" / "predictions.jsonl").read_bytes()
+    typo = ["generate", *run_args(tiny_model_dir, data_dir, out, f"model.source={tmp_path / 'typo'}")[1:]]
+    assert main(typo) == 3
+    assert (out / "generate" / "predictions.jsonl").read_bytes() == before
+    assert not (out / "superseded").exists()
+    assert main(run_args(tiny_model_dir, data_dir, out)) == 0  # the corrected command: nothing to redo
+    assert (out / "generate" / "predictions.jsonl").read_bytes() == before
+
+
 def test_an_nfd_copy_of_the_sample_gives_the_same_predictions_and_metrics(tiny_model_dir, tmp_path):
     """data/sample saved as NFD (Hangul as jamo, as macOS often writes it) is the same data."""
     for split in ("train", "validation", "test"):
@@ -117,10 +130,10 @@ def test_every_saved_checkpoint_gets_a_metric_point(tiny_model_dir, data_dir, tm
                          "score.checkpoints=true")) == 0
     report = read_json(tmp_path / "report.json")
     assert [c["step"] for c in report["checkpoints"]] == [1, 2, 3]
-    assert report["models"] == ["base", "tuned", "checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    # checkpoint-3 holds the tuned adapter's weights: its point is the tuned model's, not generated twice
+    assert report["models"] == ["base", "tuned", "checkpoint-1", "checkpoint-2"]
+    assert [c["model"] for c in report["checkpoints"]] == ["checkpoint-1", "checkpoint-2", "tuned"]
     assert all(set(c) >= {"rougeL", "bleu"} for c in report["checkpoints"])
-    # checkpoint-3 is the final adapter: the same weights, the same predictions
-    assert report["metrics"]["checkpoint-3"] == report["metrics"]["tuned"]
     assert "## Training checkpoints" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 

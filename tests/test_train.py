@@ -154,6 +154,17 @@ def test_resume_from_newest_checkpoint(tiny_model_dir, tiny_data, tmp_path):
     assert [step for step, _ in summary["loss_curve"]] == [1, 2, 3, 4]
 
 
+def test_a_checkpoint_saved_only_in_part_is_not_resumed_from(trained, tmp_path):
+    _, stage_dir, _ = trained
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(stage_dir / "checkpoints", checkpoints)
+    partial = checkpoints / "checkpoint-10"  # killed while saving: no trainer_state.json yet
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"")
+    assert train_module.newest_complete_checkpoint(checkpoints) == str(checkpoints / "checkpoint-4")
+    assert train_module.newest_complete_checkpoint(tmp_path / "nothing-here") is None
+
+
 def test_a_different_config_is_refused_in_the_same_output_dir(trained):
     cfg, stage_dir, _ = trained
     other = tiny_config(cfg.model.source, cfg.data.source, stage_dir.parent, learning_rate=1e-3)
