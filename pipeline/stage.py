@@ -102,7 +102,8 @@ def _outputs(stage_dir: Path, stage: str) -> list[Path]:
 def atomic_path(path: Path, replace: bool = True):
     """Yields a temporary sibling of `path` to write a file or a whole folder into; on success it is renamed onto
     `path` (a folder replaces the old one; with replace=False an existing `path` is kept and ours dropped), on any
-    failure removed. A reader sees the old version or the new one, never half. Disk full: ResourceError."""
+    failure removed. A reader sees the old version or the new one, never half. Disk full: ResourceError.
+    What is renamed into place gets the modes of normalize_modes, whoever wrote it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     _remove(tmp)
     try:
@@ -110,6 +111,7 @@ def atomic_path(path: Path, replace: bool = True):
         if path.exists() and not replace:
             _remove(tmp)
             return
+        normalize_modes(tmp)
         if tmp.is_dir():
             _remove(path)
         os.replace(tmp, path)
@@ -121,6 +123,24 @@ def atomic_path(path: Path, replace: bool = True):
     except BaseException:
         _remove(tmp)
         raise
+
+
+def normalize_modes(path: Path) -> None:
+    """Files 0o666 and folders 0o777 less the umask (0644 / 0755 by default), as open() and mkdir() make them, for
+    `path` and everything under it. safetensors writes its files 0600: a sidecar or another account that uploads
+    the outputs could not read the adapter. Symbolic links are left alone (chmod would follow them)."""
+    umask = os.umask(0)  # the only way to read it; set back at once
+    os.umask(umask)
+    if path.is_symlink():
+        return
+    if not path.is_dir():
+        os.chmod(path, 0o666 & ~umask)
+        return
+    for root, _, files in os.walk(path):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -28,8 +28,8 @@ from pipeline import cpu_tuning, data, models, tracking
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Interrupted, ResourceError, first_line, is_out_of_memory
 from pipeline.prompt import fit_inputs, training_ids
-from pipeline.stage import (atomic_path, check_stage_dir, claim_stage_dir, package_versions, peak_memory,
-                            recorded_hash, stage_hash, stop_on_signal, write_json_atomic)
+from pipeline.stage import (atomic_path, check_stage_dir, claim_stage_dir, normalize_modes, package_versions,
+                            peak_memory, recorded_hash, stage_hash, stop_on_signal, write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ def build_trainer(cfg: Config, args: SFTConfig, model, tokenizer, train_set: Dat
         target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias, task_type="CAUSAL_LM",
     )
     return SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                      processing_class=tokenizer, peft_config=lora_config, callbacks=[ProgressLog()])
+                      processing_class=tokenizer, peft_config=lora_config,
+                      callbacks=[ProgressLog(), ReadableCheckpoints()])
 
 
 def fit(trainer: SFTTrainer, cfg: Config,
@@ -278,6 +279,15 @@ class RecordTrackerRuns(transformers.TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.runs.update(tracking.current_runs(args))
+
+
+class ReadableCheckpoints(transformers.TrainerCallback):
+    """The Trainer writes its checkpoints itself, not through atomic_path, and safetensors makes their weights
+    0600: each saved checkpoint gets the modes of every other output (pipeline/stage.py, normalize_modes)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            normalize_modes(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 class ProgressLog(transformers.TrainerCallback):

@@ -1,6 +1,7 @@
 """End to end: `run` on the tiny model (and once on the real embedded Gemma 3 270M), as a user runs it."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,17 @@ def test_run_on_the_tiny_model_then_rerun_skips_every_stage(finished, tiny_model
     assert "rougeL" in out and f"report: {finished / 'report.json'}" in out
     assert {p: p.stat().st_mtime_ns for p in finished.rglob("*") if p.is_file() and p.name != "job.log"} == produced
     assert "already finished" in (finished / "job.log").read_text(encoding="utf-8")
+
+
+def test_every_file_and_folder_the_run_wrote_has_the_same_mode(finished):
+    """Files 0o666 and folders 0o777 less the umask, the adapter's safetensors and the checkpoints included
+    (safetensors writes 0600 by itself): a sidecar or another account can read every output."""
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {path.relative_to(finished): path.stat().st_mode & 0o777 for path in finished.rglob("*")}
+    assert any(path.match("checkpoints/checkpoint-*/adapter_model.safetensors") for path in modes)
+    assert {path: oct(mode) for path, mode in modes.items()
+            if mode != (0o777 if (finished / path).is_dir() else 0o666) & ~umask} == {}
 
 
 def test_another_test_slice_regenerates_and_rescores_without_retraining(tiny_model_dir, data_dir, tmp_path):
