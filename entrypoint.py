@@ -152,11 +152,13 @@ def generate_command(config_path: str | None, overrides: tuple[str, ...]) -> Non
 @cli.command("score")
 @config_args
 def score_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
-    """predictions.jsonl -> <output.dir>/report.json, report.md, report.png."""
+    """predictions.jsonl -> <output.dir>/report.json, report.md, report.png; the trained adapter's model card."""
     from eval.score import score
+    from pipeline.card import write_adapter_card
 
     cfg = load_job_config(config_path, overrides)
     report_path = score(cfg, Path(cfg.output.dir))
+    write_adapter_card(cfg, Path(cfg.output.dir))
     click.echo(f"report: {report_path}")
 
 
@@ -167,6 +169,7 @@ def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     Finished stages with the same config are skipped, so rerunning after a crash continues where it stopped."""
     from eval.report import summary_table
     from eval.score import score
+    from pipeline.card import write_adapter_card
     from pipeline.generate import generate
     from pipeline.train import train
 
@@ -180,6 +183,7 @@ def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     if not is_main_process():  # under accelerate launch / torchrun, one process scores
         return
     report_path = score(cfg, output_dir)
+    write_adapter_card(cfg, output_dir)
     click.echo(summary_table(json.loads(report_path.read_text(encoding="utf-8"))))
     click.echo(f"report: {report_path.resolve()}")
 

@@ -24,7 +24,7 @@ import transformers
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from pipeline import cpu_tuning, data, models, tracking
+from pipeline import card, cpu_tuning, data, models, tracking
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Interrupted, ResourceError, first_line, is_out_of_memory
 from pipeline.prompt import fit_inputs, training_ids
@@ -85,7 +85,7 @@ def train(cfg: Config, output_dir: Path) -> Path:
 
 def save(trainer: SFTTrainer, tokenizer, cfg: Config, stage_dir: Path, summary: dict) -> None:
     """The adapter (renamed into place), then train_summary.json: its presence marks the stage finished."""
-    adapter_dir = save_adapter(trainer.model, tokenizer, stage_dir, cfg.model.source)
+    adapter_dir = save_adapter(trainer.model, tokenizer, stage_dir, cfg)
     write_json_atomic(stage_dir / "train_summary.json", {
         **summary, "peak_memory": peak_memory(),
         "adapter_megabytes": round((adapter_dir / "adapter_model.safetensors").stat().st_size / 2**20, 2),
@@ -241,14 +241,21 @@ def describe_run(trainer: SFTTrainer, result) -> dict:
             "train_runtime_seconds": round(runtime, 1)}
 
 
-def save_adapter(model, tokenizer, stage_dir: Path, base_source: str) -> Path:
-    """Saves adapter + tokenizer to adapter/ through a temporary folder (never half written). adapter_config.json
-    names the configured source (a Hub id or embedded:...), not a temporary cache path."""
+def save_adapter(model, tokenizer, stage_dir: Path, cfg: Config) -> Path:
+    """Saves the adapter to adapter/ through a temporary folder (never half written). adapter_config.json names
+    the base model by Hub id or folder name, never by a path of this machine (pipeline/card.py); PEFT's README
+    template (whose base_model is the cache path the model was loaded from) is replaced by a card built from the
+    config, which the score stage fills with its numbers. The tokenizer only with train.save_tokenizer: training
+    does not change it, and nothing reads it from here."""
     for config in model.peft_config.values():
-        config.base_model_name_or_path = base_source
+        config.base_model_name_or_path = card.adapter_base_name(cfg.model)
     with atomic_path(stage_dir / "adapter") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        # No embedding layers: only linear layers are adapted and the vocabulary is never resized ("auto" would
+        # look the base model up on the Hub by the name set above, a network call that can hang offline).
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        card.write_card(tmp / "README.md", card.model_card(cfg))
+        if cfg.train.save_tokenizer:
+            tokenizer.save_pretrained(tmp)
     return stage_dir / "adapter"
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import logging
 import shutil
@@ -50,8 +51,11 @@ def trained(tiny_model_dir, tiny_data, tmp_path_factory):
 def test_train_writes_adapter_checkpoints_and_summary(trained, tiny_model_dir):
     cfg, stage_dir, _ = trained
     adapter = stage_dir / "adapter"
-    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "tokenizer.json").is_file()
-    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+    # the card replaces PEFT's template; no 33 MB tokenizer copy (train.save_tokenizer); the base by name, not path
+    assert sorted(p.name for p in adapter.iterdir()) == ["README.md", "adapter_config.json",
+                                                         "adapter_model.safetensors"]
+    assert "[More Information Needed]" not in (adapter / "README.md").read_text()
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_dir.name
     assert sorted(p.name for p in (stage_dir / "checkpoints").iterdir() if p.is_dir()) == [
         "checkpoint-2", "checkpoint-4"]
     summary = json.loads((stage_dir / "train_summary.json").read_text())
@@ -63,6 +67,16 @@ def test_train_writes_adapter_checkpoints_and_summary(trained, tiny_model_dir):
     for key in ("examples_per_second", "tokens_per_second", "wall_seconds", "peak_memory", "packages",
                 "validation_loss"):
         assert summary[key], key
+
+
+def test_the_tokenizer_is_saved_with_the_adapter_only_when_asked(trained, tmp_path):
+    from pipeline.models import load_tokenizer
+
+    cfg, _, model = trained
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, save_tokenizer=True))
+    adapter = train_module.save_adapter(model, load_tokenizer(cfg.model), tmp_path, cfg)
+    saved = {p.name for p in adapter.iterdir()}
+    assert {"adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= saved
 
 
 def test_lora_weights_change_and_base_weights_stay_identical(trained, tiny_model_dir):
