@@ -4,12 +4,13 @@
     python entrypoint.py data check --config configs/demo.yaml
     python entrypoint.py model fetch --config configs/demo.yaml
     python entrypoint.py run --config configs/demo.yaml          # train -> generate -> score
+    python entrypoint.py export --config configs/demo.yaml --out merged/   # the adapter merged, proven equal
     python entrypoint.py compare --baseline A.json --candidate B.json --max-drop rougeL=0.01,bleu=0.5
 
 Errors a user can cause print one line and exit 2 (config/data) or 3 (model/resource, out of memory); anything
 unexpected prints one line and exits 4, with the traceback in <output.dir>/job.log; exit 1 means only "compare
-found a regression". See README "Exit codes". Heavy imports (torch, transformers) happen inside commands so that
---help and config errors are instant.
+found a regression" or "export's merged model differs from base + adapter". See README "Exit codes". Heavy
+imports (torch, transformers) happen inside commands so that --help and config errors are instant.
 """
 
 from __future__ import annotations
@@ -186,6 +187,27 @@ def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     write_adapter_card(cfg, output_dir)
     click.echo(summary_table(json.loads(report_path.read_text(encoding="utf-8"))))
     click.echo(f"report: {report_path.resolve()}")
+
+
+@cli.command("export")
+@click.option("--adapter", "adapter_path", default=None,
+              help="The adapter to merge (as model.adapter); default: model.adapter, else <output.dir>/train/adapter.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="A new or empty folder for the merged model; never overwritten.")
+@config_args
+def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_path: str | None,
+                   out_dir: str) -> None:
+    """The adapter merged into the base model -> --out DIR (safetensors, tokenizer, generation config, card), kept
+    only if it generates the first export.check_rows test rows as base + adapter does (exit 1 otherwise, and
+    nothing at DIR)."""
+    import dataclasses
+
+    from pipeline.export import export
+
+    cfg = load_job_config(config_path, overrides)
+    if adapter_path:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter=adapter_path))
+    click.echo(f"export: {export(cfg, Path(out_dir), Path(cfg.output.dir))}")
 
 
 @cli.command("compare")

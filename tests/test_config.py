@@ -73,6 +73,8 @@ def test_overrides_are_typed():
     ("generate.top_p=1.5", "generate.top_p"),
     ("score.reference=nobody", "score.reference"),
     ("train.report_to=[comet]", "train.report_to[0]"),
+    ("export.check_rows=0", "export.check_rows"),
+    ("export.min_identical_share=1.5", "export.min_identical_share"),
 ])
 def test_bad_override_exits_2_naming_the_key(override, named, capsys):
     assert main(["config", "show", "--config", str(ROOT / "configs/demo.yaml"), override]) == 2

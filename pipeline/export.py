@@ -1,0 +1,148 @@
+"""Export: the adapter merged into its base model, for serving stacks that take one model folder, kept only once
+it is shown to generate what base + adapter generates.
+
+    export(cfg, out, output_dir) -> out/{model.safetensors, config.json, generation_config.json, tokenizer files,
+                                         README.md, export_summary.json}
+
+Peers' users report quality drops after merging (unsloth #2534, #1519, #1593; LLaMA-Factory #5930) that nobody
+checked. Here the base model + adapter (PEFT, not merged) generates the first export.check_rows test rows; the
+adapter is merged (PEFT's merge_and_unload), saved into a temporary sibling of `out`, loaded back from there, and
+generates the same rows. In float32 every row must be identical, token for token. In bf16 merging rounds the
+merged weights to bf16, so the share of identical rows must reach export.min_identical_share. Otherwise: exit 1,
+and nothing is left at `out` (the folder is renamed into place only after the check). The check decodes greedily
+whatever generate.do_sample says; the saved generation config holds the decoding the job evaluated with.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline import adapters, card, data, generate, models
+from pipeline.config import Config
+from pipeline.decode import Decoding, decode_batch, decode_row
+from pipeline.errors import ConfigError, UserError
+from pipeline.stage import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template*")
+
+
+class MergedModelDiffers(UserError):
+    """The merged model does not generate what base + adapter generates (exit 1, like a regression)."""
+
+    exit_code = 1
+
+
+def export(cfg: Config, out: Path, output_dir: Path) -> Path:
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out} exists and is not empty: export never overwrites; name a new folder")
+    started = time.perf_counter()
+    # The tuned adapter of this config (model.adapter, else the one trained in <output>/train), its files checked.
+    only_tuned = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, adapters={}),
+                                     score=dataclasses.replace(cfg.score, checkpoints=False))
+    adapter = adapters.adapters_to_evaluate(only_tuned, output_dir)[0]
+    rows = data.load_split(cfg.data, "test", models.hf_token(cfg.model), limit=cfg.export.check_rows)
+    source = models.resolve_source(cfg.model)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = models.load_tokenizer(cfg.model, source)
+    base = models.load_model(cfg.model, source, device=device).eval()
+    adapters.check(adapter, base, cfg)
+    prompts, _ = generate.prompt_ids(tokenizer, rows, cfg)
+    evaluated = generate.decoding(tokenizer, cfg)
+    greedy = dataclasses.replace(evaluated, do_sample=False)
+    batch_size = cfg.generate.batch_size if cfg.generate.batch_size != "auto" else cfg.generate.max_batch_size
+
+    from peft import PeftModel
+
+    tuned = PeftModel.from_pretrained(base, adapter.source, revision=adapter.revision,
+                                      token=models.hf_token(cfg.model)).eval()
+    expected = generate_ids(tuned, tokenizer, prompts, greedy, batch_size)
+    merged = merge(tuned)
+    dtype = merged.dtype
+    with atomic_path(out) as tmp:
+        save(merged, tmp, cfg, source, evaluated)
+        del tuned, base, merged  # one model in memory at a time
+        saved = models.load_model(dataclasses.replace(cfg.model, revision=None), str(tmp), device=device).eval()
+        actual = generate_ids(saved, tokenizer, prompts, greedy, batch_size)
+        summary = {**compare(rows, expected, actual, tokenizer, greedy, dtype, cfg), "device": device.type,
+                   # what was merged, by the sha256 of its weights (or Hub id and revision), and into what: no paths
+                   "adapter": adapters.fingerprints([adapter])[adapter.name],
+                   "base_model": card.hub_base_model(cfg.model) or card.adapter_base_name(cfg.model),
+                   "seconds": round(time.perf_counter() - started, 1)}
+        if not summary["passed"]:
+            log.error("export: %s", json.dumps(summary, ensure_ascii=False))
+            first = summary["differing_rows"][0]
+            raise MergedModelDiffers(
+                f"the merged model differs from base + adapter: {summary['identical_rows']} of {len(rows)} test rows "
+                f"identical in {summary['dtype']} (required share {summary['required_share']}; first: {first['id']}"
+                f", {first['base_plus_adapter']!r} vs {first['merged']!r}); nothing was written to {out}")
+        card.write_card(tmp / "README.md", card.model_card(cfg, *card.evidence(cfg, output_dir), merged=summary))
+        write_json_atomic(tmp / "export_summary.json", {**summary, "files": sorted(
+            [p.name for p in tmp.iterdir()] + ["export_summary.json"])})
+    log.info("export: merged model in %s (%d of %d rows identical, %.0f s)", out, summary["identical_rows"],
+             len(rows), summary["seconds"])
+    return out
+
+
+def merge(tuned):
+    """The adapter merged into the base weights: the model that is saved and checked. (Its own function so that a
+    test can alter what it returns and see the check fail.)"""
+    return tuned.merge_and_unload()
+
+
+def save(merged, folder: Path, cfg: Config, source: str, evaluated: Decoding) -> None:
+    """Weights (safetensors) and config, the generation config of the evaluated decoding, and the base model's own
+    tokenizer files, byte for byte: the job's tokenizer is a transformers 5 TokenizersBackend, whose saved class
+    name older transformers (and the serving stacks built on them) do not know."""
+    merged.generation_config = generation_config(merged, evaluated)
+    merged.save_pretrained(folder)
+    if not models.is_local_source(source):  # a Hub model: its files are in the Hub cache since it was loaded
+        from huggingface_hub import snapshot_download
+
+        source = snapshot_download(source, revision=cfg.model.revision, token=models.hf_token(cfg.model),
+                                   allow_patterns=list(TOKENIZER_FILES))
+    for pattern in TOKENIZER_FILES:
+        for path in Path(source).glob(pattern):
+            shutil.copyfile(path, folder / path.name)
+
+
+def generation_config(model, decoding: Decoding):
+    """What the job evaluated with, as the defaults that model.generate and vLLM read: greedy (or its sampling
+    settings), max_new_tokens, the stop tokens. Stop strings stay out: model.generate would then require a
+    tokenizer argument. The card says to keep the first line."""
+    config = copy.deepcopy(model.generation_config)
+    sampling = (dict(temperature=decoding.temperature, top_p=decoding.top_p, top_k=0) if decoding.do_sample
+                else dict(temperature=None, top_p=None, top_k=None))
+    config.update(do_sample=decoding.do_sample, max_new_tokens=decoding.max_new_tokens,
+                  eos_token_id=list(decoding.stop_ids), pad_token_id=decoding.pad_id, **sampling)
+    return config
+
+
+def generate_ids(model, tokenizer, prompts: list[list[int]], decoding: Decoding, batch_size: int) -> list[list[int]]:
+    """Each prompt's new token ids (to its stop), in the same batches for every model compared."""
+    return [ids for start in range(0, len(prompts), batch_size)
+            for ids in decode_batch(model, tokenizer, prompts[start:start + batch_size], decoding)]
+
+
+def compare(rows: list[dict], expected: list[list[int]], actual: list[list[int]], tokenizer, decoding: Decoding,
+            dtype: torch.dtype, cfg: Config) -> dict:
+    """Rows whose greedy tokens are identical; the share required: all in float32, export.min_identical_share
+    otherwise (merging rounds bf16 weights); the first differing rows as text."""
+    same = [a == b for a, b in zip(expected, actual)]
+    required = 1.0 if dtype == torch.float32 else cfg.export.min_identical_share
+    differing = [{"id": row["id"], "base_plus_adapter": decode_row(tokenizer, a, decoding)["prediction"],
+                  "merged": decode_row(tokenizer, b, decoding)["prediction"]}
+                 for row, a, b, ok in zip(rows, expected, actual, same) if not ok]
+    return {"dtype": str(dtype).removeprefix("torch."), "rows_checked": len(rows), "identical_rows": sum(same),
+            "identical_share": round(sum(same) / len(rows), 4), "required_share": required,
+            "passed": sum(same) >= required * len(rows), "differing_rows": differing[:5]}
