@@ -243,12 +243,13 @@ def usage_section(cfg: Config, base: str | None, merged: dict | None) -> list[st
             "answer is the first line of what follows.", "",
             "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer"]
     if merged:
-        out += [f'model = AutoModelForCausalLM.from_pretrained("{model}")',
+        out += ["", f'model = AutoModelForCausalLM.from_pretrained("{model}")',
                 f'tokenizer = AutoTokenizer.from_pretrained("{model}")']
     else:
         out += ["from peft import PeftModel", "",
                 f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base_id}"), "{model}")',
                 f'tokenizer = AutoTokenizer.from_pretrained("{base_id}")']
+    out += ['argument = "..."  # the argument to ask about']
     text = '"### context: " + argument + "\\n### question:"'
     if chat:
         out += [f'ids = tokenizer.apply_chat_template([{{"role": "user", "content": {text}}}], '
