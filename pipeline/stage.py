@@ -104,8 +104,12 @@ def check_up_to_date(stage_dir: Path, stage: str, inputs: dict, command: str) ->
 
 
 def recorded_hash(stage_dir: Path) -> str | None:
+    """The inputs hash stage_dir was made from; None when it was never claimed; "older-version" for a stage.json
+    of a version that recorded config keys only (its outputs are not taken for this version's)."""
     marker = stage_dir / "stage.json"
-    return json.loads(marker.read_text(encoding="utf-8")).get("inputs_hash") if marker.is_file() else None
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text(encoding="utf-8")).get("inputs_hash") or "older-version"
 
 
 def check_stage_dir(stage_dir: Path, stage: str, digest: str) -> None:

@@ -139,3 +139,12 @@ def test_a_hub_model_is_identified_by_the_commit_its_revision_resolves_to(tmp_pa
 
     with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set and it is not in the local Hub cache"):
         identity.model_identity(ModelConfig(source="google/gemma-3-4b-it"), "google/gemma-3-4b-it")
+
+
+def test_outputs_of_a_version_that_recorded_config_keys_only_are_not_taken_over(tiny_model_dir, evaluated):
+    data_dir, adapter, out = evaluated
+    before = predictions(out)
+    (out / "generate" / "stage.json").write_text(json.dumps({"stage": "generate", "config_hash": "6dd1649dd297867c"}))
+    assert main(job("generate", tiny_model_dir, data_dir, out, adapter)) == 0
+    assert (out / "superseded" / "generate-older-version" / "predictions.jsonl").read_bytes() == before
+    assert predictions(out) == before  # generated again, from the same inputs
