@@ -1,6 +1,6 @@
 # make demo   - install, then train -> generate -> score on the embedded default (README's first command)
 # make test   - install, then the whole test suite (what CI runs)
-# make test-fast - the inner loop: every test that needs no model and starts no process (under a minute)
+# make test-fast - the inner loop: every test that needs no model and starts no process (about 30 s)
 # make install - .venv with pinned versions (constraints.txt, shared with the Dockerfile)
 # make bench   - the tutorial's way vs ours (generation rows/s, training examples/s, peak memory)
 # make profile - where our generation and training steps spend their time (bench/profile.txt)

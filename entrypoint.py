@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ import click
 import yaml
 
 from pipeline.config import Config, load_config, to_dict
-from pipeline.errors import UserError, first_line
+from pipeline.errors import Stopped, UserError, first_line
 
 log = logging.getLogger("entrypoint")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -78,9 +79,23 @@ def config_group() -> None:
 @config_group.command("show")
 @config_args
 def config_show(config_path: str | None, overrides: tuple[str, ...]) -> None:
-    """Print the resolved config (file + overrides) as YAML."""
+    """Print the resolved config (file + overrides) as YAML, once it passes every check a stage makes before it
+    reads data or loads a model: types and ranges, the training settings transformers/TRL would reject, the model
+    folder and the adapter folders it names."""
     cfg = load_config(config_path, overrides)
+    preflight(cfg)
     click.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), nl=False)
+
+
+def preflight(cfg: Config) -> None:
+    from pipeline import adapters, models
+    from pipeline.train import training_arguments
+
+    training_arguments(cfg, Path(cfg.output.dir) / "train" / "checkpoints")
+    if not cfg.model.source.startswith("embedded:") and models.is_local_source(cfg.model.source):
+        models.check_model_folder(Path(cfg.model.source).expanduser())
+    for adapter in adapters.configured(cfg):
+        adapters.check_files(adapter)
 
 
 @cli.group("data")
@@ -95,10 +110,7 @@ def data_check(config_path: str | None, overrides: tuple[str, ...]) -> None:
     from pipeline import data, models
 
     cfg = load_config(config_path, overrides)
-    token = models.hf_token(cfg.model)
-    limits = {"train": cfg.data.max_train_samples, "validation": cfg.data.max_validation_samples,
-              "test": cfg.data.max_test_samples}
-    splits = {split: data.load_split(cfg.data, split, token, limit=limits[split]) for split in data.SPLITS}
+    splits = data.load_splits(cfg.data, models.hf_token(cfg.model))
     for split, rows in splits.items():
         counts = ", ".join(f"{label} {n}" for label, n in data.label_counts(rows).most_common())
         click.echo(f"{split:<10} {len(rows):>7} rows   {counts}")
@@ -113,16 +125,21 @@ def model_group() -> None:
 @model_group.command("fetch")
 @config_args
 def model_fetch(config_path: str | None, overrides: tuple[str, ...]) -> None:
-    """Make model.source loadable: convert the embedded model once (then reuse it), or fetch/check a local or Hub
-    model's config and tokenizer."""
-    from pipeline import models
+    """Make model.source loadable: convert the embedded model once (then reuse it); check a local folder and load
+    its tokenizer; resolve a Hub id's revision to its commit and download its config and tokenizer (the weights
+    download when a stage first loads the model)."""
+    from pipeline import identity, models
 
     cfg = load_config(config_path, overrides)
     started = time.perf_counter()
-    source = models.resolve_source(cfg.model)
+    source, where = models.resolve_source(cfg.model), ""
     if not cfg.model.source.startswith("embedded:"):
-        models.load_tokenizer(cfg.model, source)
-    click.echo(f"model ready: {source} ({time.perf_counter() - started:.1f} s)")
+        model_cfg = cfg.model
+        if not models.is_local_source(source):
+            model_cfg = identity.pinned_model(cfg.model, identity.model_identity(cfg.model, source))
+            where = f" at commit {model_cfg.revision}"
+        models.load_tokenizer(model_cfg, source)
+    click.echo(f"model ready: {source}{where} ({time.perf_counter() - started:.1f} s)")
 
 
 @cli.command("train")
@@ -218,7 +235,10 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
 @click.option("--model", default="tuned", show_default=True, help="The model of both reports to gate.")
 @click.option("--baseline-predictions", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The baseline's predictions.jsonl, when it is not where its report says.")
-@click.option("--unpaired", is_flag=True, help="Gate on the drop alone, without the paired interval.")
+@click.option("--rule", type=click.Choice(["point", "significant", "non-inferior"]), default="point",
+              show_default=True, help="point: fail when the drop exceeds the limit; significant: also only when the "
+              "95% interval excludes zero; non-inferior: pass only when the interval shows the drop within the limit.")
+@click.option("--unpaired", is_flag=True, help="Do not pair the rows (no intervals; --rule point only).")
 @click.option("--allow-different-data", is_flag=True,
               help="Compare reports made on different test rows or metric settings (said in the table).")
 @click.option("--require-improvement", is_flag=True,
@@ -226,12 +246,13 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
 @click.option("--format", "output_format", type=click.Choice(["text", "markdown"]), default="text",
               show_default=True, help="markdown: a table for $GITHUB_STEP_SUMMARY or a pull request.")
 def compare_command(baseline: str, candidate: str, max_drop: str, model: str, baseline_predictions: str | None,
-                    unpaired: bool, allow_different_data: bool, require_improvement: bool, output_format: str) -> None:
+                    rule: str, unpaired: bool, allow_different_data: bool, require_improvement: bool,
+                    output_format: str) -> None:
     """Regression gate for CI: exit 0 when nothing got worse beyond its limit, 1 with a table otherwise, 2 when the
     reports cannot be compared (other test rows or metric settings, another schema version)."""
     from eval.compare import compare, format_verdict, parse_max_drop
 
-    verdict = compare(Path(baseline), Path(candidate), parse_max_drop(max_drop), model=model,
+    verdict = compare(Path(baseline), Path(candidate), parse_max_drop(max_drop), model=model, rule=rule,
                       require_improvement=require_improvement, unpaired=unpaired,
                       baseline_predictions=Path(baseline_predictions) if baseline_predictions else None,
                       allow_different_data=allow_different_data)
@@ -254,9 +275,15 @@ class RegressionFound(UserError):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.stage import install_stop_handlers
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    install_stop_handlers()  # first: a stop during loading, converting or scoring must not wait for SIGKILL
     try:
         return run_cli(argv)
-    finally:  # one job log per command (tests call main() many times in one process)
+    finally:  # one job log per command, and the caller's handlers back (tests call main() many times)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         global job_log
         job_log = None
         for handler in [h for h in logging.getLogger().handlers if h.get_name() == "job-log"]:
@@ -273,9 +300,12 @@ def run_cli(argv: list[str] | None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # Ctrl-C, or a second SIGTERM (StoppedAtOnce)
+    except Stopped as exc:  # a signal outside a stage's safe points, or a second one inside them
+        click.echo(f"interrupted: {exc}", err=True)
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C where our handler is not installed
         click.echo("interrupted; finished outputs are kept: rerun the same command to resume", err=True)
-        return getattr(exc, "exit_code", 130)
+        return 130
     except Exception as exc:  # never exit 1 ("regression") for a crash: 3 for out of memory, 4 for anything else
         from pipeline.errors import is_out_of_memory
 

@@ -1,6 +1,6 @@
 """Regression gate: compare a candidate report with a baseline report.
 
-    python entrypoint.py compare --baseline A.json --candidate B.json --max-drop rougeL=0.01,bleu=0.5
+    python entrypoint.py compare --baseline A.json --candidate B.json --max-drop rougeL=0.01,bleu=0.5 [--rule point]
 
 The two reports must describe the same test rows with the same metric settings (their fingerprints), or the gate
 refuses (exit 2) unless --allow-different-data. A metric regresses when the candidate model (--model, default
@@ -8,16 +8,22 @@ tuned) is worse than the baseline's by more than its allowed drop, in the metric
 BLEU/chrF in [0, 100]) and in its direction: quality metrics may not fall, failure rates (empty_rate,
 hit_max_new_tokens_rate) may not rise; lengths have no direction and cannot be gated.
 
-Paired rule (when both reports' predictions are at hand): the rows are matched by id, the candidate-minus-baseline
-difference gets a 95% paired-bootstrap interval, and a metric fails only when its drop is beyond the limit *and*
-the interval excludes zero, so noise alone never fails a build. Unpaired rule (--unpaired, or no predictions): the
-drop alone decides. With --require-improvement the candidate model must also beat its own base model with a
-one-sided bootstrap p < 0.05 on each named metric.
+When both reports' predictions are at hand, the rows are matched by id and the candidate-minus-baseline
+difference gets a 95% paired-bootstrap interval. What a limit means is the rule (--rule):
+- point (default): fails when the measured drop is beyond the limit. The limit is what is enforced.
+- significant: fails only when the drop is beyond the limit *and* the interval excludes zero: noise alone never
+  fails a build, but on a small test set a large real drop can pass.
+- non-inferior: passes only when the whole interval shows the drop within the limit (its worse end): the
+  strictest; on a small test set it needs a wide limit.
+The interval is shown with every rule; significant and non-inferior need it (exit 2 without predictions). With
+--require-improvement the candidate model must also beat its own base model with a one-sided bootstrap
+p < 0.05 on each named metric.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +31,11 @@ import jsonschema
 
 from eval import metrics
 from eval.report import SCHEMA_VERSION, validate
-from eval.score import file_sha256, read_predictions
+from eval.score import read_predictions
 from pipeline.errors import ConfigError, DataError
+from pipeline.identity import file_sha256
 
+RULES = ("point", "significant", "non-inferior")
 P_THRESHOLD = 0.05
 
 
@@ -39,7 +47,7 @@ class Check:
     candidate: float
     limit: float
     ok: bool
-    rule: str  # paired, unpaired, or the significance test
+    rule: str  # point, significant, non-inferior; or the significance test of --require-improvement
     interval: tuple[float, float] | None = None
 
 
@@ -76,21 +84,24 @@ def parse_max_drop(text: str) -> dict[str, float]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
         try:
-            allowed[name.strip()] = float(value)
+            limit = float(value)
         except ValueError:
             raise ConfigError(f"--max-drop: {item!r} is not metric=number") from None
-        if not sep or allowed[name.strip()] < 0:
-            raise ConfigError(f"--max-drop: {item!r} is not metric=non-negative number")
+        if not sep or not math.isfinite(limit) or limit < 0:
+            raise ConfigError(f"--max-drop: {item!r} is not metric=non-negative finite number")
+        allowed[name.strip()] = limit
     if not allowed:
         raise ConfigError("--max-drop names no metric")
     return allowed
 
 
 def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float], *, model: str = "tuned",
-            require_improvement: bool = False, unpaired: bool = False, baseline_predictions: Path | None = None,
-            allow_different_data: bool = False) -> Verdict:
+            rule: str = "point", require_improvement: bool = False, unpaired: bool = False,
+            baseline_predictions: Path | None = None, allow_different_data: bool = False) -> Verdict:
     baseline, candidate = load_report(baseline_path), load_report(candidate_path)
     verdict = Verdict()
+    if rule not in RULES:
+        raise ConfigError(f"--rule: {rule!r} is not one of {', '.join(RULES)}")
     differences = different_settings(baseline, candidate)
     if differences and not allow_different_data:
         raise ConfigError(f"the reports are not comparable: {'; '.join(differences)} (pass --allow-different-data "
@@ -100,46 +111,77 @@ def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float
         raise ConfigError(f"--model: {name!r} is not a model of both reports (baseline: "
                           f"{', '.join(baseline['models'])}; candidate: {', '.join(candidate['models'])})")
     for name in max_drop:
-        if name not in metrics.DIRECTION or name not in candidate["metrics"][model]:
+        if name not in metrics.DIRECTION:
             raise ConfigError(f"--max-drop: unknown metric {name!r}; reports have "
                               f"{', '.join(sorted(candidate['metrics'][model]))}")
+        for which, report, path in (("baseline", baseline, baseline_path), ("candidate", candidate, candidate_path)):
+            if name not in report["metrics"][model]:
+                raise ConfigError(f"--max-drop: {name} is not in the {which} report {path} (made by another "
+                                  f"version?): rescore it, or leave {name} out of --max-drop")
         if metrics.DIRECTION[name] == metrics.NEITHER:
             raise ConfigError(f"--max-drop: {name} describes the outputs and has no better direction; gate a "
                               "quality metric or a failure rate (empty_rate, hit_max_new_tokens_rate)")
 
-    intervals = {}
+    intervals, why_not = {}, None
     if unpaired:
-        verdict.notes.append("rule: unpaired (--unpaired): the drop alone decides")
+        why_not = "--unpaired"
     elif differences:
-        verdict.notes.append("rule: unpaired: the reports score different rows, so they cannot be paired")
+        why_not = "the reports score different rows"
     else:
         sources = (predictions_of(baseline, baseline_path, baseline_predictions),
                    predictions_of(candidate, candidate_path, None))
         if None in sources:
             missing = baseline_path if sources[0] is None else candidate_path
-            verdict.notes.append(f"rule: unpaired: the predictions of {missing} are not at hand "
-                                 "(--baseline-predictions gives the baseline's)")
+            why_not = f"the predictions of {missing} are not at hand (--baseline-predictions gives the baseline's)"
         else:
             intervals = paired_intervals(*sources, model, [n for n in max_drop if n not in UNPAIRABLE], candidate)
-            verdict.notes.append(f"rule: paired: {candidate['rows']} rows matched by id; a drop beyond the limit "
-                                 "fails only when the 95% interval of the difference excludes zero")
+            verdict.notes.append(f"paired: {candidate['rows']} rows matched by id; intervals are 95% paired-bootstrap "
+                                 "intervals of the candidate-minus-baseline change")
+    if why_not:
+        if rule != "point":
+            raise ConfigError(f"--rule {rule} needs the paired interval, which is not available: {why_not}; use "
+                              "--rule point")
+        verdict.notes.append(f"no intervals: {why_not}")
+    unpairable = [name for name in max_drop if name in UNPAIRABLE]
+    if rule != "point" and unpairable:
+        raise ConfigError(f"--rule {rule}: {', '.join(unpairable)} has no per-row values to pair; gate it in a "
+                          "separate compare with --rule point")
+    verdict.notes.append(f"rule: {rule}: {RULE_MEANING[rule]}")
 
     for name, limit in max_drop.items():
         before, after = baseline["metrics"][model][name], candidate["metrics"][model][name]
         worse = (before - after) * metrics.DIRECTION[name]  # > 0: the candidate is worse
-        if name in intervals:
-            low, high = intervals[name]["ci95_low"], intervals[name]["ci95_high"]
-            significant = high < 0 if metrics.DIRECTION[name] == metrics.HIGHER else low > 0
-            verdict.checks.append(Check("drop", name, before, after, limit, not (worse > limit + 1e-12 and significant),
-                                        "paired", (low, high)))
-        else:
-            verdict.checks.append(Check("drop", name, before, after, limit, worse <= limit + 1e-12, "unpaired"))
+        interval = (intervals[name]["ci95_low"], intervals[name]["ci95_high"]) if name in intervals else None
+        verdict.checks.append(Check("drop", name, before, after, limit, passes(rule, name, worse, limit, interval),
+                                    rule, interval))
         if require_improvement and name in metrics.REPORTED_DELTAS:
             verdict.checks.append(improvement(candidate, model, name))
         elif require_improvement:
             verdict.notes.append(f"--require-improvement: {name} has no paired test against base in the report "
                                  f"(tested: {', '.join(metrics.REPORTED_DELTAS)}); only its drop is gated")
     return verdict
+
+
+RULE_MEANING = {
+    "point": "a metric fails when the candidate is worse than the baseline by more than its limit",
+    "significant": "a metric fails when it is worse by more than its limit and its interval excludes zero (no change)",
+    "non-inferior": "a metric passes only when the worse end of its interval is within its limit",
+}
+
+
+def passes(rule: str, name: str, worse: float, limit: float, interval: tuple[float, float] | None) -> bool:
+    """Whether a metric `worse` by this much (the point estimate, > 0 = worse) passes its limit under `rule`;
+    `interval` is the 95% interval of the candidate-minus-baseline change."""
+    tolerance = 1e-12  # float noise in means of identical values
+    if rule == "point":
+        return worse <= limit + tolerance
+    low, high = interval
+    higher = metrics.DIRECTION[name] == metrics.HIGHER
+    if rule == "significant":
+        significantly_worse = high < 0 if higher else low > 0
+        return not (worse > limit + tolerance and significantly_worse)
+    worst = -low if higher else high  # non-inferior: the largest drop (or rise) the interval admits
+    return worst <= limit + tolerance
 
 
 # Metrics that are not a mean or a corpus score over per-example values of the predictions' text.
@@ -195,16 +237,16 @@ def improvement(candidate: dict, model: str, name: str) -> Check:
 
 
 def format_verdict(verdict: Verdict, markdown: bool = False) -> str:
-    header = ["check", "baseline", "candidate", "change", "limit", "95% interval", "rule", "result"]
+    header = ["check", "baseline", "candidate", "change", "95% interval", "limit", "rule", "result"]
     rows = []
     for check in verdict.checks:
         result = "ok" if check.ok else ("REGRESSED" if check.kind == "drop" else "FAILED")
-        interval = f"[{check.interval[0]:+.4f}, {check.interval[1]:+.4f}]" if check.interval else ""
+        interval = f"[{check.interval[0]:+.4f}, {check.interval[1]:+.4f}]" if check.interval else "n/a"
         worse = "drop" if metrics.DIRECTION[check.metric] == metrics.HIGHER else "rise"
         what = f"{check.metric} {worse if check.kind == 'drop' else 'vs base'}"
         change = check.candidate - check.baseline
-        rows.append([what, f"{check.baseline:.4f}", f"{check.candidate:.4f}", f"{change:+.4f}",
-                     f"{check.limit:.4f}", interval, check.rule, result])
+        rows.append([what, f"{check.baseline:.4f}", f"{check.candidate:.4f}", f"{change:+.4f}", interval,
+                     f"{check.limit:.4f}", check.rule, result])
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * 5 + "---|---|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]

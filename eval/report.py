@@ -14,7 +14,7 @@ import jsonschema
 from pipeline.stage import atomic_path, write_json_atomic, write_text_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "3.0"
 # The headline rows of report.md and of `run`'s summary table.
 MAIN_METRICS = ("rougeL", "rouge1", "rouge2", "rougeL_char", "bleu", "chrf", "chrfpp", "rougeL_question",
                 "bleu_question", "type_accuracy", "known_label_rate", "hit_max_new_tokens_rate", "empty_rate",
@@ -67,9 +67,8 @@ def markdown(report: dict) -> str:
         "# Evaluation report", "",
         f"Model `{cfg['model']['source']}` + {adapted}; data `{cfg['data']['source']}`, {report['rows']} test rows "
         f"(fingerprint `{report['test_set']['sha256'][:16]}`); metrics `{report['metric_settings']['tokenize']}` "
-        f"(fingerprint `{report['metric_settings']['fingerprint']}`); config hash `{report['config_hash']}`; "
-        f"commit `{report['git']['commit']}`{' (dirty)' if report['git']['dirty'] else ''}; "
-        f"{report['hardware']['accelerator']}; {report['created_at']}.", "",
+        f"(fingerprint `{report['metric_settings']['fingerprint']}`); inputs hash `{report['inputs_hash']}`; "
+        f"{provenance_line(report['provenance'])}; {report['created_at']}.", "",
         "## Models", "",
         f"ROUGE in [0, 1] over `{report['metric_settings']['tokenize']}` tokens (rougeL_char: characters); BLEU and "
         "chrF in [0, 100]. `_question`: the question with its `(type)` label removed. Columns after base: the "
@@ -120,6 +119,16 @@ def markdown(report: dict) -> str:
         out += [f"- {name}: {_one_line(text)}" for name, text in example["predictions"].items()] + [""]
     out += ["## Signatures", ""] + [f"- {k}: `{v}`" for k, v in report["metric_settings"]["signatures"].items()]
     return "\n".join(out) + "\n"
+
+
+def provenance_line(provenance: dict) -> str:
+    """Which commit and machine each stage ran on, in one line; a warning when they differ or had edits."""
+    stages = {name: p for name, p in provenance.items() if isinstance(p, dict)}
+    where = ", ".join(f"{name} `{(p['git']['commit'] or 'unknown')[:12]}`{' (dirty)' if p['git']['dirty'] else ''} "
+                      f"on {p['hardware']['accelerator'] or p['hardware']['cpu']}" for name, p in stages.items())
+    warnings = ([] if provenance["same_commit"] else ["**the stages ran from different commits**"]) + (
+        ["**uncommitted edits**"] if provenance["dirty"] else [])
+    return "; ".join([f"commits: {where}", *warnings])
 
 
 def write_png(report: dict, path: Path) -> None:

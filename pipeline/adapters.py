@@ -16,7 +16,7 @@ model is bit-for-bit the same for every adapter and for the base rows, whatever 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipeline import models
 from pipeline.config import Config
-from pipeline.errors import ConfigError, ResourceError, first_line
+from pipeline.errors import ConfigError, hub_error
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
@@ -40,10 +40,9 @@ class Adapter:
 def adapters_to_evaluate(cfg: Config, output_dir: Path) -> list[Adapter]:
     """Every adapter of this run, in order, each local one checked to be a safetensors adapter directory."""
     trained = Path(output_dir) / "train" / "adapter"
-    adapters = [Adapter("tuned", _local(cfg.model.adapter), "model.adapter", cfg.model.adapter_revision)
-                if cfg.model.adapter else Adapter("tuned", str(trained), "the train stage's adapter")]
-    adapters += [Adapter(name, _local(source), f"generate.adapters.{name}")
-                 for name, source in cfg.generate.adapters.items()]
+    adapters = configured(cfg)
+    if not cfg.model.adapter:
+        adapters.insert(0, Adapter("tuned", str(trained), "the train stage's adapter"))
     if cfg.score.checkpoints and not cfg.model.adapter:
         summary = trained.parent / "train_summary.json"
         last_step = json.loads(summary.read_text(encoding="utf-8"))["steps"] if summary.is_file() else None
@@ -52,24 +51,31 @@ def adapters_to_evaluate(cfg: Config, output_dir: Path) -> list[Adapter]:
         adapters += [Adapter(path.name, str(path), "score.checkpoints") for path in found
                      if int(path.name.split("-")[1]) != last_step]
     for adapter in adapters:
-        _check_files(adapter, trained)
+        check_files(adapter, trained)
     return adapters
 
 
-def fingerprints(adapters: list[Adapter]) -> dict[str, str]:
-    """What each adapter is, for the generate stage's hash: a local adapter by its weights' sha256 (a new adapter
-    at the same path is not the old one), a Hub adapter by its id and revision."""
-    found = {}
-    for adapter in adapters:
-        if models.is_local_source(adapter.source):
-            digest = hashlib.sha256()
-            with (Path(adapter.source) / ADAPTER_WEIGHTS).open("rb") as weights:
-                for block in iter(lambda: weights.read(1 << 20), b""):
-                    digest.update(block)
-            found[adapter.name] = digest.hexdigest()
-        else:
-            found[adapter.name] = f"{adapter.source}@{adapter.revision or 'main'}"
-    return found
+def configured(cfg: Config) -> list[Adapter]:
+    """The adapters the config names: model.adapter (as "tuned") and generate.adapters."""
+    adapters = [Adapter("tuned", _local(cfg.model.adapter), "model.adapter", cfg.model.adapter_revision)
+                ] if cfg.model.adapter else []
+    return adapters + [Adapter(name, _local(source), f"generate.adapters.{name}")
+                       for name, source in cfg.generate.adapters.items()]
+
+
+def identities(adapters: list[Adapter], cfg: Config) -> dict[str, dict]:
+    """What each adapter is, for the generate stage's inputs: a local adapter by the sha256 of its config and
+    weights, a Hub adapter by the commit its revision resolves to (pipeline/identity.py)."""
+    from pipeline.identity import adapter_identity
+
+    return {a.name: adapter_identity(a.source, a.revision, cfg.model, a.key) for a in adapters}
+
+
+def pinned(adapters: list[Adapter], found: dict[str, dict]) -> list[Adapter]:
+    """The adapters with each Hub revision replaced by the commit it resolved to, so what is loaded is what the
+    stage recorded."""
+    return [dataclasses.replace(a, revision=found[a.name]["commit"]) if "commit" in found[a.name] else a
+            for a in adapters]
 
 
 def _local(source: str) -> str:
@@ -77,17 +83,18 @@ def _local(source: str) -> str:
     return str(Path(source).expanduser()) if models.is_local_source(source) else source
 
 
-def _check_files(adapter: Adapter, trained: Path) -> None:
+def check_files(adapter: Adapter, trained: Path | None = None) -> None:
+    """A local adapter is a folder with adapter_config.json and safetensors weights (pickle files are refused)."""
     path = Path(adapter.source).expanduser()
     if not models.is_local_source(adapter.source):
         return  # a Hub id: fetched and checked when the model is loaded
     if (path / "adapter_model.bin").is_file() and not (path / ADAPTER_WEIGHTS).is_file():
-        raise ResourceError(f"{adapter.key}: {path / 'adapter_model.bin'} is a pickle file, which can run code when "
+        raise ConfigError(f"{adapter.key}: {path / 'adapter_model.bin'} is a pickle file, which can run code when "
                             f"loaded: only {ADAPTER_WEIGHTS} is accepted")
     if not (path / ADAPTER_WEIGHTS).is_file() or not (path / ADAPTER_CONFIG).is_file():
         if path == trained:
-            raise ResourceError(f"no trained adapter in {path}: run the train stage first (or set model.adapter)")
-        raise ResourceError(f"{adapter.key}: {path} is not a LoRA adapter directory ({ADAPTER_CONFIG} and "
+            raise ConfigError(f"no trained adapter in {path}: run the train stage first (or set model.adapter)")
+        raise ConfigError(f"{adapter.key}: {path} is not a LoRA adapter directory ({ADAPTER_CONFIG} and "
                             f"{ADAPTER_WEIGHTS} expected)")
 
 
@@ -169,5 +176,5 @@ def _fetch(adapter: Adapter, filename: str, cfg: Config) -> str:
     try:
         return hf_hub_download(adapter.source, filename, revision=adapter.revision, token=models.hf_token(cfg.model))
     except Exception as exc:
-        raise ResourceError(f"{adapter.key}: cannot fetch {filename} of {adapter.source!r} from the Hub: "
-                            f"{first_line(exc)}") from None
+        raise hub_error(exc, f"{adapter.key}: cannot fetch {filename} of {adapter.source!r} from the Hub",
+                        "download the adapter where there is network and name its local directory") from None

@@ -114,10 +114,16 @@ def model_card(cfg: Config, report: dict | None = None, train: dict | None = Non
         body += merged_section(merged)
     body += usage_section(cfg, base, merged)
     if report:
-        body += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in report["packages"].items()]
+        body += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in made_by(report)["packages"].items()]
         signatures = report["metric_settings"]["signatures"].values()
         body += ["- metric signatures: " + "; ".join(f"`{v}`" for v in signatures)]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
+
+
+def made_by(report: dict) -> dict:
+    """The provenance (commit, packages, hardware) of the stage that made the adapter's numbers: training where
+    the job trained it, else generation."""
+    return report["provenance"]["train"] or report["provenance"]["generate"] or report["provenance"]["score"]
 
 
 def dataset_name(source: str) -> str:
@@ -170,7 +176,8 @@ def training_section(cfg: Config, report: dict | None, train: dict | None) -> li
     out.append(f"- Completion-only loss on `{cfg.prompt.format}` prompts (below), each completion ending with "
                "EOS, padding-free batches.")
     if train:
-        where = report["hardware"]["accelerator"] if report else train["device"]
+        hardware = made_by(report)["hardware"] if report else None
+        where = (hardware["accelerator"] or hardware["cpu"]) if hardware else train["device"]
         out.append(f"- {train['wall_seconds']} s on {where}, {train['dtype']}, {train['examples_per_second']} "
                    f"examples/s.")
     return out
@@ -194,7 +201,7 @@ def evaluation_section(cfg: Config, report: dict, test_data: str) -> list[str]:
             f"{gen.max_prompt_tokens} tokens lose the start of their context.",
             f"- Metrics: ROUGE over `{settings['tokenize']}` tokens (rouge-score {settings['rouge_score']}), BLEU "
             f"and chrF by sacrebleu (signatures under Versions); metric fingerprint `{settings['fingerprint']}`, "
-            f"config hash `{report['config_hash']}`, commit `{report['git']['commit']}`.",
+            f"inputs hash `{report['inputs_hash']}`, commit `{made_by(report)['git']['commit']}`.",
             f"- Deltas: paired bootstrap over the same rows, {cfg.score.bootstrap_samples} resamples, seed "
             f"{cfg.score.seed}; p is one-sided (the model is not better than {report['reference']})."]
 

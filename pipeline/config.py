@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import re
 import types
 import typing
@@ -216,6 +217,16 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
+    non_negative = {"score.num_examples": cfg.score.num_examples, "score.seed": cfg.score.seed,
+                    "train.seed": cfg.train.seed, "generate.seed": cfg.generate.seed,
+                    "train.weight_decay": cfg.train.weight_decay, "train.max_grad_norm": cfg.train.max_grad_norm,
+                    "train.num_train_epochs": cfg.train.num_train_epochs}
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if cfg.train.max_steps != -1 and cfg.train.max_steps <= 0:
+        raise ConfigError(f"train.max_steps must be > 0, or -1 to train for train.num_train_epochs; got "
+                          f"{cfg.train.max_steps}")
     if not 0.0 <= cfg.lora.dropout < 1.0:
         raise ConfigError(f"lora.dropout must be in [0, 1), got {cfg.lora.dropout}")
     if not 0.0 <= cfg.train.warmup_ratio < 1.0:
@@ -357,11 +368,13 @@ def _coerce(value, hint, key: str):
         # YAML 1.1 reads "2e-4" (no dot) as a string; accept any text that is a plain number.
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # nan passes every range check (all comparisons are false) and fails late
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -14,6 +14,7 @@ people produce every day: a UTF-8 byte-order mark, a trailing blank line.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -21,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.config import DataConfig
-from pipeline.errors import DataError, ResourceError, first_line, is_offline_error
+from pipeline.errors import DataError, first_line, hub_error
 from pipeline.text import normalize, split_label, with_label
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,21 @@ def load_split(cfg: DataConfig, split: str, token: str | None = None, limit: int
     if not rows:
         raise DataError(f"{where}: the split has no rows")
     return rows
+
+
+def load_splits(cfg: DataConfig, token: str | None, names: tuple[str, ...] = SPLITS) -> dict[str, list[dict]]:
+    """The splits `names`, each validated and cut to its data.max_<split>_samples."""
+    return {split: load_split(cfg, split, token, limit=getattr(cfg, f"max_{split}_samples")) for split in names}
+
+
+def fingerprint(rows: list[dict]) -> dict:
+    """The rows by content: how many, and a sha256 over their ids, inputs and targets in order, as validated and
+    NFC-normalized (no second read of any file). A report's test_set is this hash of the rows it scored."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps([row["id"], row["input"], row["target"]], ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return {"rows": len(rows), "sha256": digest.hexdigest()}
 
 
 def local_split_path(cfg: DataConfig, split: str) -> Path | None:
@@ -167,11 +183,9 @@ def _hub_rows(cfg: DataConfig, split: str, token: str | None, columns: list[str]
     try:
         dataset = datasets.load_dataset(cfg.source, split=split, revision=cfg.revision, token=token)
     except Exception as exc:
-        if is_offline_error(exc):
-            raise ResourceError(f"cannot load dataset {cfg.source!r} from the Hub: the Hub is unreachable "
-                                "(offline?); download it where there is network and set data.source to a local "
-                                "directory of train/validation/test files") from None
-        raise ResourceError(f"cannot load split {split!r} of dataset {cfg.source!r}: {first_line(exc)}") from None
+        raise hub_error(exc, f"data.source: cannot load split {split!r} of dataset {cfg.source!r}",
+                        "download it where there is network and set data.source to a local directory of "
+                        "train/validation/test files") from None
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
         raise DataError(f"{cfg.source} (Hub, split {split}): column {missing[0]!r} is missing (columns: "

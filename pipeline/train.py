@@ -13,6 +13,7 @@ completion only.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import signal
 import time
@@ -24,12 +25,12 @@ import transformers
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from pipeline import card, cpu_tuning, data, models, tracking
+from pipeline import card, cpu_tuning, data, identity, models, tracking
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Interrupted, ResourceError, first_line, is_out_of_memory
 from pipeline.prompt import fit_inputs, training_ids
-from pipeline.stage import (atomic_path, check_stage_dir, claim_stage_dir, normalize_modes, package_versions,
-                            peak_memory, recorded_hash, stage_hash, stop_on_signal, write_json_atomic)
+from pipeline.stage import (atomic_path, check_stage_dir, claim_stage_dir, inputs_hash, normalize_modes, peak_memory,
+                            recorded_hash, stop_on_signal, write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ log = logging.getLogger(__name__)
 def train(cfg: Config, output_dir: Path) -> Path:
     stage_dir = Path(output_dir) / "train"
     summary_path = stage_dir / "train_summary.json"
-    config_hash = stage_hash(cfg, "train")
-    check_stage_dir(stage_dir, "train", config_hash)  # another config's checkpoints: refused, before any work
-    if summary_path.is_file() and recorded_hash(stage_dir) == config_hash:
-        log.info("train: already finished in %s, skipping", stage_dir)
-        return stage_dir
     started = time.perf_counter()
     transformers.set_seed(cfg.train.seed)
 
@@ -50,14 +46,21 @@ def train(cfg: Config, output_dir: Path) -> Path:
     splits = load_splits(cfg)
     with args.main_process_first(local=True):  # one process converts the embedded model, the others reuse it
         source = models.resolve_source(cfg.model)
-    tokenizer = models.load_tokenizer(cfg.model, source)
+    inputs = identity.train_inputs(cfg, splits, source)  # by content: the rows, the model, the prompt
+    digest = inputs_hash(inputs)
+    check_stage_dir(stage_dir, "train", digest)  # another config's checkpoints: refused, before any work
+    if summary_path.is_file() and recorded_hash(stage_dir) == digest:
+        log.info("train: already finished in %s from the same inputs, skipping", stage_dir)
+        return stage_dir
+    model_cfg = identity.pinned_model(cfg.model, inputs["model"])
+    tokenizer = models.load_tokenizer(model_cfg, source)
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ConfigError(f"the tokenizer of {cfg.model.source} has no pad token distinct from EOS; padding with "
                           "EOS would mask EOS from the loss and the model would never learn to stop")
-    model = models.load_model(cfg.model, source)
+    model = models.load_model(model_cfg, source)
     models.check_target_modules(model, cfg.lora.target_modules, cfg.model.source)
     with args.main_process_first(local=False):  # across nodes too: the output dir is shared
-        claim_stage_dir(stage_dir, "train", cfg, config_hash)  # only now: a run that failed on its inputs leaves none
+        claim_stage_dir(stage_dir, "train", inputs)  # only now: a run that failed on its inputs leaves none
     overlap = data.warn_on_overlap(splits)
     train_set, truncated = sft_dataset(splits["train"], tokenizer, cfg)
     eval_set, _ = sft_dataset(splits["validation"], tokenizer, cfg)
@@ -72,10 +75,10 @@ def train(cfg: Config, output_dir: Path) -> Path:
         # --- save (the main process; the others wait so that no one reads a half-written stage) --------------
         if trainer.is_world_process_zero():
             save(trainer, tokenizer, cfg, stage_dir, {
-                "config_hash": config_hash, "model_source": cfg.model.source, **adapted,
+                "inputs_hash": digest, "model_source": cfg.model.source, **adapted,
                 "train_rows": len(train_set), "validation_rows": len(eval_set), "train_prompts_truncated": truncated,
                 "inputs_shared_between_splits": overlap, "resumed_from": resumed_from,
-                **describe_run(trainer, result), "validation_loss": round(eval_loss, 6),
+                **describe_run(trainer, result, resumed_from), "validation_loss": round(eval_loss, 6),
                 "wall_seconds": round(time.perf_counter() - started, 1), "trackers": runs})
         trainer.accelerator.wait_for_everyone()
     if received:  # it came after the last step (evaluating, saving): the stage is done, the run stops here
@@ -90,7 +93,7 @@ def save(trainer: SFTTrainer, tokenizer, cfg: Config, stage_dir: Path, summary: 
         **summary, "peak_memory": peak_memory(),
         "adapter_megabytes": round((adapter_dir / "adapter_model.safetensors").stat().st_size / 2**20, 2),
         "trackers": {**summary["trackers"], "tensorboard": tracking.tensorboard_dir(trainer)},
-        "packages": package_versions(),
+        "provenance": identity.provenance(),
     })
     log.info("train: done; adapter in %s", adapter_dir)
 
@@ -125,6 +128,9 @@ def training_arguments(cfg: Config, checkpoint_dir: Path) -> SFTConfig:
             padding_free=cfg.train.padding_free, max_length=None,
             completion_only_loss=True,
             logging_steps=cfg.train.logging_steps, logging_first_step=True,
+            # The Trainer counts the tokens it trains on and keeps the count in its checkpoints, so tokens/s after
+            # a resume divides this session's tokens by this session's time.
+            include_num_input_tokens_seen="non_padding",
             save_strategy="steps", save_steps=cfg.train.save_steps, save_total_limit=cfg.train.save_total_limit,
             eval_strategy="no", report_to=list(cfg.train.report_to) or "none", disable_tqdm=False,
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
@@ -138,10 +144,7 @@ def training_arguments(cfg: Config, checkpoint_dir: Path) -> SFTConfig:
 def load_splits(cfg: Config) -> dict[str, list[dict]]:
     """Every split the run uses, validated: the test split too, so that a bad test row never costs a training
     run (and train/test leakage is counted)."""
-    token = models.hf_token(cfg.model)
-    limits = {"train": cfg.data.max_train_samples, "validation": cfg.data.max_validation_samples,
-              "test": cfg.data.max_test_samples}
-    return {split: data.load_split(cfg.data, split, token, limit=limit) for split, limit in limits.items()}
+    return data.load_splits(cfg.data, models.hf_token(cfg.model))
 
 
 def build_trainer(cfg: Config, args: SFTConfig, model, tokenizer, train_set: Dataset,
@@ -228,16 +231,21 @@ def describe_model(trainer: SFTTrainer) -> dict:
             "adapted_layers": sum(isinstance(m, peft.tuners.lora.LoraLayer) for m in model.modules())}
 
 
-def describe_run(trainer: SFTTrainer, result) -> dict:
+def describe_run(trainer: SFTTrainer, result, resumed_from: str | None) -> dict:
+    """Steps, the loss curve and this session's rates: examples/s from the Trainer's own metric (it counts only
+    the steps run in this call), tokens/s from its token count minus what the checkpoint resumed from had seen."""
     history = trainer.state.log_history
     losses = [[h["step"], round(h["loss"], 6)] for h in history if "loss" in h]
-    tokens = max((h.get("num_tokens", 0) for h in history), default=0)
+    resumed_tokens = (json.loads((Path(resumed_from) / "trainer_state.json").read_text(encoding="utf-8"))
+                      .get("num_input_tokens_seen", 0) if resumed_from else 0)
+    session_tokens = trainer.state.num_input_tokens_seen - resumed_tokens
     runtime = result.metrics["train_runtime"]
     return {"steps": trainer.state.global_step, "per_device_train_batch_size": trainer.state.train_batch_size,
             "loss_curve": losses, "first_loss": losses[0][1] if losses else None,
             "last_loss": losses[-1][1] if losses else None,
             "examples_per_second": round(result.metrics["train_samples_per_second"], 3),
-            "tokens_per_second": round(tokens / runtime, 1) if runtime else None,
+            "tokens_seen": trainer.state.num_input_tokens_seen, "session_tokens": session_tokens,
+            "tokens_per_second": round(session_tokens / runtime, 1) if runtime else None,
             "train_runtime_seconds": round(runtime, 1)}
 
 

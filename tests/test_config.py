@@ -87,6 +87,17 @@ def test_config_show_prints_the_override(capsys):
     assert "learning_rate: 0.0002" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("override, key", [("train.optim=adamw", "train.optim"),
+                                           ("train.lr_scheduler_type=cosine_typo", "train.lr_scheduler_type"),
+                                           ("score.num_examples=-1", "score.num_examples"),
+                                           ("train.learning_rate=nan", "train.learning_rate"),
+                                           ("generate.adapters.prod=/no/such/adapter", "generate.adapters.prod")])
+def test_config_show_runs_every_check_a_stage_runs_before_loading(capsys, override, key):
+    assert main(["config", "show", "--config", str(ROOT / "configs/demo.yaml"), override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and key in err
+
+
 def test_unknown_key_and_wrong_type_in_yaml_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  learning_rate: 1.0e-4\n  epochs: 3\n")

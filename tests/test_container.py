@@ -24,7 +24,7 @@ from conftest import ROOT, korean_rows, write_jsonl
 from entrypoint import RegressionFound
 from eval.report import validate
 from pipeline.config import load_config
-from pipeline.errors import ConfigError, DataError, ResourceError
+from pipeline.errors import ConfigError, DataError, ResourceError, TransientError
 
 SECRET_WORDS = re.compile(r"(^|_)(token|secret|password|api_?key)($|_)", re.IGNORECASE)
 HUB_TOKEN = re.compile(r"hf_[A-Za-z0-9]{10,}")
@@ -522,7 +522,8 @@ def check_image_contract(base: Path, tiny_model_dir: Path) -> None:
     assert all(TEMPFILE_PROBE.fullmatch(name) for name in temporary.names), f"created in $TMPDIR: {temporary.names}"
     report = json.loads((volumes["/out"] / "run" / "report.json").read_text(encoding="utf-8"))
     validate(report)
-    assert report["git"]["commit"] == FAKE_COMMIT
+    commits = [report["provenance"][stage]["git"]["commit"] for stage in ("train", "generate", "score")]
+    assert commits == [FAKE_COMMIT] * 3
     loaded = loaded_project_modules(done.stderr)
     outside = sorted(str(path) for path in loaded if workdir not in path.parents)
     assert not outside, f"imported from outside /app: {outside}"
@@ -669,8 +670,9 @@ def test_every_job_has_the_same_failure_policy_and_it_follows_the_exit_codes():
         for code in (128 + 2, 128 + 15):
             assert outcome(policy, container["name"], code) == "Ignore", code
         assert outcome(policy, container["name"], 137, condition="DisruptionTarget") == "Ignore"
-        # Internal errors (4: a crash, an NCCL error) and kills are retried within backoffLimit.
-        for code in (4, 137, 139):
+        # A Hub or network failure that may pass (5), internal errors (4: a crash, an NCCL error) and kills are
+        # retried within backoffLimit, with the Job controller's backoff between pods.
+        for code in (TransientError.exit_code, 4, 137, 139):
             assert outcome(policy, container["name"], code) == "Count", code
 
 

@@ -8,7 +8,7 @@ import torch
 from conftest import korean_rows, write_jsonl
 from pipeline import generate as generate_module
 from pipeline.config import Config, DataConfig, GenerateConfig, ModelConfig, OutputConfig
-from pipeline.errors import ResourceError
+from pipeline.errors import ConfigError
 
 ROWS = 10
 
@@ -179,7 +179,7 @@ def test_long_prompts_are_truncated_and_counted(tiny_model_dir, tiny_data, adapt
 
 def test_missing_adapter_is_a_clear_error(tiny_model_dir, tiny_data, tmp_path):
     cfg = Config(model=ModelConfig(source=str(tiny_model_dir)), data=DataConfig(source=str(tiny_data)))
-    with pytest.raises(ResourceError, match="run the train stage first"):
+    with pytest.raises(ConfigError, match="run the train stage first"):
         generate_module.generate(cfg, tmp_path)
 
 

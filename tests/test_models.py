@@ -10,7 +10,7 @@ from conftest import GEMMA_CHAT_TEMPLATE, ROOT
 from entrypoint import main
 from pipeline import models
 from pipeline.config import ModelConfig
-from pipeline.errors import ResourceError
+from pipeline.errors import ConfigError, ResourceError
 
 KOREAN = "(다른 관점 생각하기) 아무것도 없는 나라들은 어떻습니까? ### context: 무역은 제로섬이 아니다."
 
@@ -65,7 +65,10 @@ def test_local_model_directory_loads_with_safetensors_only(tiny_model_dir, tmp_p
     pickled.mkdir()
     (pickled / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")
-    with pytest.raises(ResourceError, match="cannot load the model from"):
+    with pytest.raises(ConfigError, match="pytorch_model.bin is a pickle checkpoint"):
+        models.load_model(ModelConfig(source=str(pickled)))
+    (pickled / "model.safetensors").write_bytes(b"not safetensors")  # one of each: only safetensors is read
+    with pytest.raises(ConfigError, match="cannot load the model from"):
         models.load_model(ModelConfig(source=str(pickled)))
 
 
@@ -97,21 +100,55 @@ def test_local_tokenizer_gives_the_same_ids_and_text_as_autotokenizer(embedded_d
     assert len(ours) == len(reference) and ours.padding_side == "left"
 
 
-def test_missing_model_path_exits_3_naming_it(tmp_path, capsys):
+def test_a_model_folder_that_does_not_exist_or_holds_only_pickles_is_a_config_error(tmp_path, capsys):
     missing = tmp_path / "no-such-model"
-    assert main(["model", "fetch", f"model.source={missing}"]) == 3
+    assert main(["model", "fetch", f"model.source={missing}"]) == 2
     assert f"model path {missing} does not exist" in capsys.readouterr().err
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text('{"model_type": "gemma3_text"}')
+    (pickled / "pytorch_model.bin").write_bytes(b"a pickle")
+    (pickled / "tokenizer.json").write_text("{}")
+    for command in (["model", "fetch"], ["config", "show"]):
+        assert main([*command, f"model.source={pickled}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "pytorch_model.bin is a pickle checkpoint" in err and "tokenizer" not in err
+
+
+def test_an_unreachable_hub_is_retryable_exit_5(monkeypatch, capsys):
+    """A network failure may pass: exit 5, which the Kubernetes manifests retry; a Hub that answers "no such
+    model" is a config error, exit 2."""
+    import huggingface_hub
+    import requests
+
+    from pipeline.errors import TransientError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def unreachable(*args, **kwargs):
+        raise requests.ConnectionError("Max retries exceeded with url: /google/gemma-3-1b-it (Connection refused)")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    assert main(["model", "fetch", "model.source=google/gemma-3-1b-it"]) == TransientError.exit_code == 5
+    assert "unreachable (a retry may succeed)" in capsys.readouterr().err
+
+    def missing(*args, **kwargs):
+        raise OSError("404 Client Error: Repository Not Found for url: https://huggingface.co/api/...")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
+    assert main(["model", "fetch", "model.source=google/gemma-9-nonexistent"]) == 2
+    assert "Repository Not Found" in capsys.readouterr().err
 
 
 @pytest.mark.subprocess
 def test_hub_id_offline_says_so_and_never_shows_the_token(tmp_path):
     token = "hf_FAKEtokenDoNotLeak1234567890"
-    env = {**os.environ, "HF_TOKEN": token, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_TOKEN": token, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf")}
     result = subprocess.run([sys.executable, "entrypoint.py", "-v", "model", "fetch",
                              "model.source=google/gemma-3-1b-it"], capture_output=True, text=True, cwd=ROOT, env=env,
                             timeout=300)
-    assert result.returncode == 3
-    assert "offline" in result.stderr and "local directory" in result.stderr
+    assert result.returncode == 2  # offline by choice: a retry would fail the same way
+    assert "HF_HUB_OFFLINE is set" in result.stderr and "local directory" in result.stderr
     for fragment in (token, token[3:], token[-8:]):
         assert fragment not in result.stdout + result.stderr
 
@@ -125,7 +162,7 @@ def test_token_sources(tmp_path, monkeypatch):
     assert models.hf_token(ModelConfig(token_file=str(token_file))) == "from-file"
     monkeypatch.setenv("HF_TOKEN_FILE", str(token_file))
     assert models.hf_token(ModelConfig()) == "from-file"
-    with pytest.raises(ResourceError, match="cannot read the Hub token file"):
+    with pytest.raises(ConfigError, match="cannot read the Hub token file"):
         models.hf_token(ModelConfig(token_file=str(tmp_path / "missing")))
 
 

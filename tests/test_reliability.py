@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from conftest import ROOT, write_splits
 from entrypoint import main
 from pipeline import generate as generate_module
-from pipeline.errors import ResourceError
+from pipeline.errors import ConfigError, ResourceError
 from pipeline.stage import write_json_atomic
 
 
@@ -73,6 +73,12 @@ def test_sigterm_mid_train_saves_a_checkpoint_and_the_rerun_finishes_identically
     summary = json.loads((out / "train" / "train_summary.json").read_text())
     assert summary["steps"] == 30 and summary["resumed_from"].endswith(f"checkpoint-{stopped_at}")
     assert [step for step, _ in summary["loss_curve"]] == list(range(1, 31))
+    # This session's rate: the tokens trained on since the checkpoint over this session's training time.
+    resumed_state = json.loads((checkpoints[0] / "trainer_state.json").read_text())
+    assert 0 < resumed_state["num_input_tokens_seen"] < summary["tokens_seen"]
+    assert summary["session_tokens"] == summary["tokens_seen"] - resumed_state["num_input_tokens_seen"]
+    assert summary["tokens_per_second"] == pytest.approx(
+        summary["session_tokens"] / summary["train_runtime_seconds"], rel=0.05)  # the runtime is rounded
 
     straight = tmp_path / "straight"
     assert finish(job_args("train", tiny_model_dir, data_dir, straight)).returncode == 0
@@ -199,16 +205,70 @@ def test_out_of_memory_while_training_is_exit_3_naming_the_batch_size(tiny_model
                          "train.per_device_train_batch_size=1")[2:]) == 0
 
 
-def test_a_second_signal_stops_at_once_with_its_own_exit_code():
-    from pipeline.errors import StoppedAtOnce
-    from pipeline.stage import stop_on_signal
+@pytest.mark.subprocess
+def test_a_second_signal_stops_at_once_with_its_own_exit_code(tiny_model_dir, data_dir, tmp_path):
+    """Through the real CLI: SIGTERM in the middle of a generation batch is recorded (the batch would finish);
+    SIGINT after it stops at once with the second signal's code, 130, and the batch in flight is not written."""
+    out = tmp_path / "out"
+    assert main(job_args("train", tiny_model_dir, data_dir, out, "train.max_steps=2")[2:]) == 0
+    log_path = tmp_path / "generate.log"
+    # 1,500 new tokens a row, no stop string: a batch of 8 takes seconds, long enough to be stopped in flight.
+    process, log = start(job_args("generate", tiny_model_dir, data_dir, out, "generate.batch_size=8",
+                                  "generate.max_new_tokens=1500"), log_path)
+    wait_for(lambda: "generate base" in log_path.read_text(errors="replace"), process)
+    process.send_signal(signal.SIGTERM)
+    wait_for(lambda: "received SIGTERM" in log_path.read_text(errors="replace"), process)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    log.close()
+    assert "stopped at once by a second SIGINT" in log_path.read_text()
+    assert (out / "generate" / "predictions.jsonl").read_text() == ""  # the first batch never finished
 
-    with pytest.raises(StoppedAtOnce) as stopped, stop_on_signal() as received:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert received == [signal.SIGTERM]  # the first one is only recorded
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # not reached: the handler raises at once
-    assert stopped.value.exit_code == 143 and isinstance(stopped.value, KeyboardInterrupt)
+
+def converting(args, log_path, cache):
+    """Starts a conversion of the embedded model into an empty cache and returns once it is under way."""
+    process, log = start(args, log_path)
+    wait_for(lambda: "converting the embedded Gemma 3 270M" in log_path.read_text(errors="replace"), process)
+    return process, log
+
+
+def assert_no_half_model(cache):
+    left = sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if "gemma-3-270m" in p.name)
+    assert left == [], f"half a model left in the cache: {left}"
+
+
+@pytest.mark.subprocess
+def test_sigterm_during_the_embedded_conversion_exits_143_promptly_leaving_no_half_model(tmp_path):
+    cache = tmp_path / "cache"
+    args = [sys.executable, "entrypoint.py", "model", "fetch", f"model.cache_dir={cache}"]
+    process, log = converting(args, tmp_path / "fetch.log", cache)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 143
+    log.close()
+    assert_no_half_model(cache)
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+def test_sigterm_reaches_the_job_as_pid_1_of_a_pid_namespace(tmp_path):
+    """As in the container: Python is PID 1, which the kernel shields from signals whose action is the default, so
+    only a handler installed first thing makes `docker stop` work during a conversion."""
+    probe = subprocess.run(["unshare", "-p", "-f", "--mount-proc", "true"], capture_output=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a PID namespace here: {probe.stderr.decode().strip()}")
+    cache = tmp_path / "cache"
+    args = ["unshare", "-p", "-f", "--mount-proc", sys.executable, "entrypoint.py", "model", "fetch",
+            f"model.cache_dir={cache}"]
+    process, log = converting(args, tmp_path / "fetch.log", cache)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    assert len(children) == 1
+    job = int(children[0])
+    nspid = next(line for line in Path(f"/proc/{job}/status").read_text().splitlines() if line.startswith("NSpid:"))
+    assert nspid.split()[-1] == "1"  # PID 1 in its own namespace
+    os.kill(job, signal.SIGTERM)
+    assert process.wait(timeout=10) == 143
+    log.close()
+    assert_no_half_model(cache)
 
 
 def test_remote_code_cannot_be_switched_on(tiny_model_dir, tmp_path, capsys):
@@ -222,7 +282,7 @@ def test_remote_code_cannot_be_switched_on(tiny_model_dir, tmp_path, capsys):
     (custom / "modeling_evil.py").write_text("raise SystemExit('remote code ran')\n")
     from pipeline import models
     from pipeline.config import ModelConfig
-    with pytest.raises(ResourceError, match="cannot load the model from"):
+    with pytest.raises(ConfigError, match="cannot load the model from"):
         models.load_model(ModelConfig(source=str(custom)))
 
 
@@ -233,7 +293,7 @@ def test_pickle_adapters_are_refused(tiny_model_dir, data_dir, tmp_path):
     torch.save({"weights": torch.zeros(1)}, adapter / "adapter_model.bin")
     from pipeline.config import load_config
     cfg = load_config(None, [f"model.source={tiny_model_dir}", f"data.source={data_dir}", f"output.dir={tmp_path}"])
-    with pytest.raises(ResourceError, match="pickle"):
+    with pytest.raises(ConfigError, match="pickle"):
         generate_module.generate(cfg, tmp_path)
 
 

@@ -2,38 +2,46 @@
 
 import copy
 import json
+import os
+from importlib import metadata
 
 import jsonschema
 import pytest
 
-from conftest import korean_rows
+from pathlib import Path
+
+from conftest import ROOT, korean_rows, write_jsonl
 from entrypoint import main
 from eval import report as report_module
 from eval.score import score
-from pipeline.config import Config, DataConfig, OutputConfig, ScoreConfig
-from pipeline.stage import write_json_atomic
+from pipeline import data, identity, models
+from pipeline.config import Config, load_config
+from pipeline.stage import claim_stage_dir, write_json_atomic
 
 N = 40
 WRONG = "이것은 전혀 다른 문장입니다"
 
 
 def scored_run(out, tuned, base=None, rows=None, extra=None, **score_settings):
-    """A finished train + generate on disk (synthetic summaries and predictions), then the real score stage.
-    `tuned(i, reference)` gives the tuned prediction of row i; base predictions are WRONG unless given."""
+    """A finished train + generate on disk (synthetic summaries, predictions and the stage records the real stages
+    write), then the real score stage. `tuned(i, reference)` gives the tuned prediction of row i; base predictions
+    are WRONG unless given. The model and adapters are stand-in files: score identifies them by content only."""
     rows = rows or korean_rows(N)
     models = {"base": base or (lambda i, ref: WRONG), "tuned": tuned, **(extra or {})}
-    (out / "train").mkdir(parents=True, exist_ok=True)
-    (out / "generate").mkdir(parents=True, exist_ok=True)
+    cfg = config_for(out, rows, extra, **score_settings)
+    record_finished_stages(cfg, out)
     write_json_atomic(out / "train" / "train_summary.json", {
-        "steps": 3, "loss_curve": [[1, 3.0], [2, 2.5], [3, 2.0]], "validation_loss": 2.1,
-        "trainable_parameters": 1000, "adapted_modules": ["k_proj", "o_proj", "q_proj", "v_proj"],
+        "steps": 3, "loss_curve": [[1, 3.0], [2, 2.5], [3, 2.0]], "first_loss": 3.0, "last_loss": 2.0,
+        "validation_loss": 2.1, "train_rows": 4, "validation_rows": 2, "per_device_train_batch_size": 4,
+        "trainable_parameters": 1000, "total_parameters": 100000, "dtype": "float32", "device": "cpu",
+        "adapted_modules": ["k_proj", "o_proj", "q_proj", "v_proj"],
         "examples_per_second": 1.5, "tokens_per_second": 100.0, "peak_memory": {"cpu_rss_gib": 1.0},
-        "wall_seconds": 12.0})
+        "wall_seconds": 12.0, "provenance": identity.provenance()})
     write_json_atomic(out / "generate" / "generate_summary.json", {
         "models": {m: {"rows": len(rows), "rows_per_second": 1.0, "tokens_per_second": 10.0,
                        "hit_max_new_tokens_rate": 0.0, "mean_new_tokens": 20.0} for m in models},
         "prompts_truncated": 0, "max_new_tokens": 48, "batch_size": 8, "peak_memory": {}, "wall_seconds": 30.0,
-        "device": "cpu", "device_name": "CPU (2 cores)"})
+        "device": "cpu", "device_name": "CPU (2 cores)", "provenance": identity.provenance()})
     lines = []
     for model, predict in models.items():
         for i, row in enumerate(rows):
@@ -43,9 +51,36 @@ def scored_run(out, tuned, base=None, rows=None, extra=None, **score_settings):
                           "hit_max_new_tokens": model == "base" and i % 2 == 0})
     (out / "generate" / "predictions.jsonl").write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines), encoding="utf-8")
-    cfg = Config(data=DataConfig(max_test_samples=len(rows)), output=OutputConfig(dir=str(out)),
-                 score=ScoreConfig(**{"bootstrap_samples": 300, **score_settings}))
     return out, score(cfg, out)
+
+
+def config_for(out, rows, extra=None, overrides=(), **score_settings) -> Config:
+    """The run's config: its test split is `rows` (a data folder under out/inputs), the model and each adapter
+    are small stand-in files."""
+    inputs = out / "inputs"
+    for split, split_rows in (("train", korean_rows(4, 500)), ("validation", korean_rows(2, 600)), ("test", rows)):
+        if not (inputs / "data" / f"{split}.jsonl").is_file():
+            write_jsonl(inputs / "data" / f"{split}.jsonl", split_rows)
+    (inputs / "model").mkdir(parents=True, exist_ok=True)
+    (inputs / "model" / "config.json").write_text('{"model_type": "gemma3_text"}')
+    (inputs / "model" / "model.safetensors").write_bytes(b"stand-in weights")
+    adapters = {name: str(inputs / "adapters" / name) for name in extra or {}}
+    for folder in [out / "train" / "adapter", *map(Path, adapters.values())]:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "adapter_config.json").write_text('{"r": 16}')
+        (folder / "adapter_model.safetensors").write_bytes(f"stand-in adapter {folder.name}".encode())
+    settings = [f"{key}={value}" for key, value in {"bootstrap_samples": 300, **score_settings}.items()]
+    return load_config(None, [f"model.source={inputs / 'model'}", f"data.source={inputs / 'data'}",
+                              f"output.dir={out}", *[f"generate.adapters.{k}={v}" for k, v in adapters.items()],
+                              *[f"score.{s}" for s in settings], *overrides])
+
+
+def record_finished_stages(cfg: Config, out) -> None:
+    """stage.json of train and generate, as the stages record them when they start."""
+    splits = data.load_splits(cfg.data, None)
+    source = models.resolve_source(cfg.model)
+    claim_stage_dir(out / "train", "train", identity.train_inputs(cfg, splits, source))
+    claim_stage_dir(out / "generate", "generate", identity.generate_inputs(cfg, out, splits["test"], source)[1])
 
 
 def two_thirds_right(i, reference):
@@ -90,25 +125,74 @@ def test_schema_rejects_a_report_missing_a_metric(scored):
 def test_score_is_skipped_when_up_to_date(scored):
     out, report_path = scored
     before = report_path.read_bytes()
-    cfg = Config(data=DataConfig(max_test_samples=N), output=OutputConfig(dir=str(out)),
-                 score=ScoreConfig(bootstrap_samples=300))
-    assert score(cfg, out) == report_path and report_path.read_bytes() == before
+    assert score(config_for(out, korean_rows(N)), out) == report_path and report_path.read_bytes() == before
+
+
+def test_report_records_each_stage_provenance(scored):
+    report = read(scored[1])
+    here = identity.git_state()
+    for stage in ("train", "generate", "score"):
+        assert report["provenance"][stage]["git"] == here
+        assert report["provenance"][stage]["packages"]["sacrebleu"] == metadata.version("sacrebleu")
+    assert report["provenance"]["same_commit"] is True
+    assert report["provenance"]["score"]["hardware"]["cpu_count"] == os.cpu_count()
+
+
+def test_stages_from_different_commits_are_flagged(tmp_path):
+    out, report_path = scored_run(tmp_path, two_thirds_right)
+    summary = read(out / "generate" / "generate_summary.json")
+    summary["provenance"]["git"] = {"commit": "0" * 40, "dirty": False}
+    write_json_atomic(out / "generate" / "generate_summary.json", summary)
+    (out / "report.json").unlink()  # the summaries are not inputs: only a new report shows them
+    report = read(score(config_for(out, korean_rows(N)), out))
+    assert report["provenance"]["same_commit"] is False
+    assert "the stages ran from different commits" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_changed_reference_is_not_scored_over_old_predictions(tmp_path, capsys):
+    """An edited test file: `score` alone refuses the old predictions (exit 2), naming the rows and the stage."""
+    out, _ = scored_run(tmp_path, two_thirds_right)
+    rows = korean_rows(N)
+    rows[7]["target"] = "(가정 살펴보기) 새로 고친 참조 질문인가요?"
+    write_jsonl(out / "inputs" / "data" / "test.jsonl", rows)
+    assert main(["score", f"model.source={out / 'inputs' / 'model'}", f"data.source={out / 'inputs' / 'data'}",
+                 f"output.dir={out}", "score.bootstrap_samples=300"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "test_rows.sha256" in err and "rerun the generate stage" in err
+
+
+def test_score_refuses_predictions_made_under_another_generate_config(scored, capsys):
+    out, report_path = scored
+    before = report_path.read_bytes()
+    args = [f"model.source={out / 'inputs' / 'model'}", f"data.source={out / 'inputs' / 'data'}", f"output.dir={out}",
+            "score.bootstrap_samples=300"]
+    assert main(["score", *args, "generate.max_new_tokens=999"]) == 2
+    err = capsys.readouterr().err
+    assert "config.generate.max_new_tokens: 64 -> 999" in err and "entrypoint.py generate" in err
+    assert report_path.read_bytes() == before
+    assert main(["score", *args]) == 0 and report_path.read_bytes() == before  # same inputs: up to date
+
+
+def test_changed_metric_code_rescores(tmp_path, monkeypatch):
+    out, report_path = scored_run(tmp_path, two_thirds_right)
+    before = read(report_path)["inputs_hash"]
+    assert score(config_for(out, korean_rows(N)), out) == report_path and read(report_path)["inputs_hash"] == before
+    monkeypatch.setattr(identity, "code_identity", lambda: "0" * 16)  # as if eval/metrics.py had been edited
+    assert read(score(config_for(out, korean_rows(N)), out))["inputs_hash"] != before
 
 
 def test_git_commit_comes_from_the_environment_without_a_checkout(tmp_path, monkeypatch):
     """In the container there is no .git: the commit is $GIT_COMMIT."""
     import subprocess
 
-    from eval import score as score_module
-
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 
     monkeypatch.setattr(subprocess, "run", no_git)
     monkeypatch.setenv("GIT_COMMIT", "0123abcd")
-    assert score_module.git_state() == {"commit": "0123abcd", "dirty": None}
+    assert identity.git_state() == {"commit": "0123abcd", "dirty": None}
     monkeypatch.delenv("GIT_COMMIT")
-    assert score_module.git_state() == {"commit": None, "dirty": None}
+    assert identity.git_state() == {"commit": None, "dirty": None}
 
 
 # --- the gate -------------------------------------------------------------------------------------------------
@@ -117,34 +201,101 @@ def gate(baseline, candidate, *args):
     return main(["compare", "--baseline", str(baseline), "--candidate", str(candidate), *args])
 
 
-def test_an_identical_candidate_passes_the_paired_gate(scored, tmp_path, capsys):
+@pytest.mark.parametrize("rule", ["point", "significant", "non-inferior"])
+def test_an_identical_candidate_passes_under_every_rule(scored, tmp_path, capsys, rule):
     _, candidate = scored_run(tmp_path / "again", two_thirds_right)
-    assert gate(scored[1], candidate, "--max-drop", "rougeL=0,bleu=0,empty_rate=0") == 0
+    assert gate(scored[1], candidate, "--max-drop", "rougeL=0,bleu=0,empty_rate=0", "--rule", rule) == 0
     out = capsys.readouterr().out
-    assert "rule: paired" in out and "REGRESSED" not in out and out.count(" paired ") >= 3
+    assert "REGRESSED" not in out and out.count("[+0.0000, +0.0000]") == 3 and out.count(f" {rule} ") == 3
+    assert f"rule: {rule}:" in out and "paired: 40 rows matched by id" in out
 
 
-def test_a_real_drop_fails_and_noise_passes_under_the_paired_rule(scored, tmp_path, capsys):
+def test_a_real_drop_fails_under_every_rule_and_noise_only_under_point_and_non_inferior(scored, tmp_path, capsys):
     _, worse = scored_run(tmp_path / "worse", lambda i, ref: ref if i % 3 == 1 else WRONG)  # a third right
-    assert gate(scored[1], worse, "--max-drop", "rougeL=0.01") == 1
-    assert "REGRESSED" in capsys.readouterr().out
+    for rule in ("point", "significant", "non-inferior"):
+        assert gate(scored[1], worse, "--max-drop", "rougeL=0.01", "--rule", rule) == 1
+        assert "REGRESSED" in capsys.readouterr().out
     # one row of 40 worse: a drop beyond the limit, but within the noise of 40 rows
     _, noisy = scored_run(tmp_path / "noisy", lambda i, ref: WRONG if i == 1 else two_thirds_right(i, ref))
-    assert gate(scored[1], noisy, "--max-drop", "rougeL=0.01") == 0
-    out = capsys.readouterr().out
-    assert "paired" in out and "ok" in out
-    assert gate(scored[1], noisy, "--max-drop", "rougeL=0.01", "--unpaired") == 1  # the drop alone would fail
-    assert "unpaired" in capsys.readouterr().out
+    assert gate(scored[1], noisy, "--max-drop", "rougeL=0.01") == 1  # the default rule enforces the limit as written
+    assert "REGRESSED" in capsys.readouterr().out
+    assert gate(scored[1], noisy, "--max-drop", "rougeL=0.01", "--rule", "significant") == 0
+    assert gate(scored[1], noisy, "--max-drop", "rougeL=0.01", "--rule", "non-inferior") == 1
+    assert gate(scored[1], noisy, "--max-drop", "rougeL=0.01", "--unpaired") == 1
+    assert "no intervals: --unpaired" in capsys.readouterr().out
+    assert gate(scored[1], noisy, "--max-drop", "rougeL=0.01", "--unpaired", "--rule", "significant") == 2
+    assert "needs the paired interval" in capsys.readouterr().err
 
 
 def test_a_rise_of_a_lower_is_better_metric_fails(scored, tmp_path, capsys):
     _, emptier = scored_run(tmp_path / "emptier", lambda i, ref: "" if i < 20 else two_thirds_right(i, ref))
-    assert gate(scored[1], emptier, "--max-drop", "empty_rate=0") == 1
+    for rule in ("point", "significant", "non-inferior"):
+        assert gate(scored[1], emptier, "--max-drop", "empty_rate=0", "--rule", rule) == 1
     assert "empty_rate" in capsys.readouterr().out
     assert gate(scored[1], emptier, "--max-drop", "empty_rate=0", "--unpaired") == 1
     assert gate(emptier, scored[1], "--max-drop", "empty_rate=0") == 0  # fewer empty rows is no regression
+    assert gate(emptier, scored[1], "--max-drop", "empty_rate=0", "--rule", "non-inferior") == 0
     assert gate(scored[1], emptier, "--max-drop", "mean_chars=1") == 2
     assert "no better direction" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["nan", "inf", "-0.1", "x"])
+def test_a_limit_must_be_a_finite_non_negative_number(scored, capsys, limit):
+    assert gate(scored[1], scored[1], "--max-drop", f"rougeL={limit}") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rougeL=" in err
+
+
+def test_a_gated_metric_missing_from_either_report_is_exit_2(scored, tmp_path, capsys, monkeypatch):
+    """A report whose schema does not require a metric (an older or newer version's) that is gated: exit 2 naming
+    the metric and the report, never a KeyError."""
+    from eval import compare as compare_module
+
+    old = read(scored[1])
+    for model in old["metrics"]:
+        del old["metrics"][model]["chrfpp"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert gate(tmp_path / "old.json", scored[1], "--max-drop", "chrfpp=0.5") == 2  # today's schema requires it
+    assert "'chrfpp' is a required property" in capsys.readouterr().err
+    monkeypatch.setattr(compare_module, "validate", lambda report: None)
+    assert gate(tmp_path / "old.json", scored[1], "--max-drop", "chrfpp=0.5") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "chrfpp is not in the baseline report" in err
+    assert gate(scored[1], tmp_path / "old.json", "--max-drop", "chrfpp=0.5") == 2
+    assert "chrfpp is not in the candidate report" in capsys.readouterr().err
+    assert gate(scored[1], tmp_path / "old.json", "--max-drop", "rougeL=0.5") == 0  # an ungated metric may be absent
+
+
+def test_the_rules_on_the_committed_baseline_predictions(tmp_path, capsys):
+    """The case that passed the old gate: 24 of the 60 demo rows revert to the base model's output and 3 others
+    improve. The drop is several times the limit, but on 60 rows its 95% interval still reaches zero: the limit
+    as written (point) and non-inferiority fail it; only `significant` lets it through. Identical predictions pass
+    all three."""
+    rows = [json.loads(line) for line in (ROOT / "examples" / "baseline-predictions.jsonl").read_text().splitlines()]
+    base = [r["prediction"] for r in rows if r["model"] == "base"]
+    tuned = [r["prediction"] for r in rows if r["model"] == "tuned"]
+    test = [{"input": r["input"], "target": r["reference"]} for r in rows if r["model"] == "base"]
+    reverted = set(range(0, 48, 2))  # 24 rows
+    improved = {49, 53, 57}
+    candidate_tuned = [test[i]["target"] if i in improved else base[i] if i in reverted else tuned[i]
+                       for i in range(len(test))]
+    settings = {"base": lambda i, ref: base[i], "rows": test, "bootstrap_samples": 1000}
+    _, baseline = scored_run(tmp_path / "baseline", lambda i, ref: tuned[i], **settings)
+    _, same = scored_run(tmp_path / "same", lambda i, ref: tuned[i], **settings)
+    _, candidate = scored_run(tmp_path / "candidate", lambda i, ref: candidate_tuned[i], **settings)
+    before, after = read(baseline)["metrics"]["tuned"]["rougeL"], read(candidate)["metrics"]["tuned"]["rougeL"]
+    limit = 0.01
+    assert before - after > 3 * limit  # several times the limit
+
+    codes = {}
+    for rule in ("point", "significant", "non-inferior"):
+        assert gate(baseline, same, "--max-drop", f"rougeL={limit}", "--rule", rule) == 0
+        capsys.readouterr()
+        codes[rule] = gate(baseline, candidate, "--max-drop", f"rougeL={limit}", "--rule", rule)
+        table = capsys.readouterr().out
+        low, high = map(float, table.split("[", 1)[1].split("]", 1)[0].split(","))
+        assert low < -3 * limit and high >= 0  # the interval still touches zero
+    assert codes == {"point": 1, "significant": 0, "non-inferior": 1}
 
 
 def test_reports_of_different_test_slices_are_refused(scored, tmp_path, capsys):
@@ -154,7 +305,9 @@ def test_reports_of_different_test_slices_are_refused(scored, tmp_path, capsys):
     assert err.count("\n") == 1 and "different test set" in err and "40 rows" in err and "30 rows" in err
     assert gate(scored[1], fewer, "--max-drop", "rougeL=0.5", "--allow-different-data") == 0
     out = capsys.readouterr().out
-    assert "allowed by --allow-different-data: different test set" in out and "rule: unpaired" in out
+    assert "allowed by --allow-different-data: different test set" in out
+    assert "no intervals: the reports score different rows" in out
+    assert gate(scored[1], fewer, "--max-drop", "rougeL=0.5", "--allow-different-data", "--rule", "non-inferior") == 2
 
 
 def test_reports_with_different_metric_settings_are_refused(scored, tmp_path, capsys):
@@ -173,7 +326,7 @@ def test_a_report_of_another_schema_version_is_refused(scored, tmp_path, capsys)
     assert gate(tmp_path / "bad.json", scored[1], "--max-drop", "rougeL=0.01") == 2
     capsys.readouterr()
     del old["test_set"]
-    old["schema_version"] = "2.0"
+    old["schema_version"] = report_module.SCHEMA_VERSION
     (tmp_path / "partial.json").write_text(json.dumps(old))
     assert gate(tmp_path / "partial.json", scored[1], "--max-drop", "rougeL=0.01") == 2
     err = capsys.readouterr().err
@@ -188,13 +341,13 @@ def test_baseline_predictions_elsewhere_and_markdown(scored, tmp_path, capsys):
     report.write_bytes(scored[1].read_bytes())
     _, candidate = scored_run(tmp_path / "candidate", two_thirds_right)
     assert gate(report, candidate, "--max-drop", "rougeL=0.01") == 0
-    assert "rule: unpaired: the predictions of" in capsys.readouterr().out
+    assert "no intervals: the predictions of" in capsys.readouterr().out
     args = ["--max-drop", "rougeL=0.01", "--baseline-predictions", str(scored[0] / "generate/predictions.jsonl"),
             "--format", "markdown", "--require-improvement"]
     assert gate(report, candidate, *args) == 0
     out = capsys.readouterr().out
     assert out.startswith("| check | baseline | candidate |") and "| rougeL drop |" in out
-    assert "rougeL vs base" in out and "**PASSED**" in out and "rule: paired" in out
+    assert "rougeL vs base" in out and "**PASSED**" in out and "- paired: 40 rows matched by id" in out
     tampered = tmp_path / "tampered.jsonl"
     tampered.write_text((scored[0] / "generate/predictions.jsonl").read_text().replace(WRONG, "다른"))
     assert gate(report, candidate, "--max-drop", "rougeL=0.01", "--baseline-predictions", str(tampered)) == 2

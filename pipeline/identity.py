@@ -1,0 +1,204 @@
+"""What a stage's outputs depend on, by content, and where they were made.
+
+    train_inputs(cfg, splits, source)  -> what the train stage's outputs depend on (pipeline/stage.py hashes it)
+    generate_inputs(cfg, output_dir, test, source) -> the adapters to evaluate (pinned) and the generate stage's
+    model_identity(cfg.model, source)  -> {"files": {name: sha256}} (a folder) or {"hub": id, "commit": sha}
+    adapter_identity(source, revision, cfg.model, key) -> the sha256 of its config and weights, or its Hub commit
+    prompt_identity(fmt)               -> the template, the completion's leading space and the stop rules' code
+    code_identity()                    -> a sha256 over the score stage's metric and report code
+    provenance()                       -> the commit (and whether it had edits), packages and hardware of this run
+
+The rows a stage uses are identified in pipeline/data.py (fingerprint). A stage is skipped only when all of these
+are unchanged (pipeline/stage.py), so an edited data file, a model or adapter replaced at the same path or moved on
+the Hub under the same revision, or a new prompt template redo the stage, while the same content at another path
+does not. A Hub model or adapter is identified by the commit its revision resolves to, and loaded at that commit.
+
+Files are identified by their sha256. Hashing a 2 GB checkpoint takes seconds, so a stat cache in the model cache
+dir (file-hashes.json: path -> size, mtime in ns, inode, sha256) skips files untouched since they were hashed, as
+git's index does; a file rewritten in place gets a new mtime and is hashed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from pipeline.config import Config, ModelConfig
+from pipeline.errors import hub_error
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+# Files of a model folder that change no output.
+IGNORED_FILES = ("README.md", ".gitattributes", "LICENSE")
+
+
+def train_inputs(cfg: Config, splits: dict[str, list[dict]], source: str) -> dict:
+    """The train stage's config keys, its training and validation rows, the base model and the prompt."""
+    from pipeline import data
+    from pipeline.stage import stage_inputs
+
+    return stage_inputs(cfg, "train", {
+        "train_rows": data.fingerprint(splits["train"]), "validation_rows": data.fingerprint(splits["validation"]),
+        "model": model_identity(cfg.model, source), "prompt": prompt_identity(cfg.prompt.format)})
+
+
+def generate_inputs(cfg: Config, output_dir: Path, test: list[dict], source: str) -> tuple[list, dict]:
+    """The adapters a generate pass evaluates (Hub ones pinned to their commit) and the stage's inputs: its config
+    keys, the test rows, the base model, the prompt and every adapter by content."""
+    from pipeline import adapters as adapters_module
+    from pipeline import data
+    from pipeline.stage import stage_inputs
+
+    adapters = adapters_module.adapters_to_evaluate(cfg, output_dir)
+    found = adapters_module.identities(adapters, cfg)
+    inputs = stage_inputs(cfg, "generate", {
+        "test_rows": data.fingerprint(test), "model": model_identity(cfg.model, source),
+        "prompt": prompt_identity(cfg.prompt.format), "adapters": found})
+    return adapters_module.pinned(adapters, found), inputs
+
+
+def pinned_model(cfg: ModelConfig, identity: dict) -> ModelConfig:
+    """The model config at the commit a Hub model resolved to (unchanged for a local folder)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, revision=identity["commit"]) if "commit" in identity else cfg
+
+
+def model_identity(cfg: ModelConfig, source: str) -> dict:
+    """A local model folder by the sha256 of each of its files; a Hub model by the commit its revision resolves
+    to (load it with `revision` set to that commit, so that what runs is what was recorded)."""
+    from pipeline import models
+
+    if models.is_local_source(source):
+        folder = Path(source)
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.name not in IGNORED_FILES)
+        return {"files": file_hashes(files, models.cache_root(cfg))}
+    return {"hub": source, "commit": hub_commit(source, cfg.revision, models.hf_token(cfg), "config.json",
+                                                "model.source")}
+
+
+def adapter_identity(source: str, revision: str | None, cfg: ModelConfig, key: str) -> dict:
+    """A local adapter by the sha256 of its config and weights (a new adapter at the same path is not the old
+    one); a Hub adapter by the commit its revision resolves to."""
+    from pipeline import models
+    from pipeline.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    if models.is_local_source(source):
+        return file_hashes([Path(source) / ADAPTER_CONFIG, Path(source) / ADAPTER_WEIGHTS], models.cache_root(cfg))
+    return {"hub": source, "commit": hub_commit(source, revision, models.hf_token(cfg), ADAPTER_CONFIG, key)}
+
+
+def hub_commit(repo_id: str, revision: str | None, token: str | None, filename: str, key: str) -> str:
+    """The commit `revision` (default main) of a Hub repository resolves to now. It comes from the file's place
+    in the Hub cache (snapshots/<commit>/<file>), so it also works offline from a cache (HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(repo_id, filename, revision=revision, token=token)
+    except Exception as exc:
+        raise hub_error(exc, f"{key}: cannot resolve {repo_id!r} at revision {revision or 'main'}",
+                        "download it where there is network and use its local directory") from None
+    return Path(path).parent.name
+
+
+def prompt_identity(fmt: str) -> dict:
+    """What shapes the text a model is given and where its answer is cut: the template and the completion's
+    leading space (pipeline/prompt.py), and the code of the stop rules (pipeline/decode.py), so that editing
+    either regenerates."""
+    import inspect
+
+    from pipeline import decode, prompt
+
+    rules = "".join(inspect.getsource(f) for f in (decode.decode_row, decode.stop_index, decode.stop_length,
+                                                   decode._ends_row))
+    return {"format": fmt, "template": prompt.PROMPT_TEMPLATE, "completion_prefix": prompt.completion_text(""),
+            "stop_rules": hashlib.sha256(rules.encode("utf-8")).hexdigest()[:16]}
+
+
+def code_identity() -> str:
+    """A sha256 over the code that turns predictions into a report: the metrics, report and score modules, the
+    report schema and the text normalization they share."""
+    digest = hashlib.sha256()
+    for path in sorted([*(ROOT / "eval").glob("*.py"), *(ROOT / "eval").glob("*.json"), ROOT / "pipeline" / "text.py"]):
+        digest.update(path.name.encode("utf-8") + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def file_hashes(paths: list[Path], cache_dir: Path) -> dict[str, str]:
+    """{file name: sha256} for `paths`, reusing a hash from the stat cache when the file is untouched."""
+    cache_path = Path(cache_dir) / "file-hashes.json"
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    found, changed = {}, False
+    for path in paths:
+        stat = path.stat()
+        key, seen = str(path.resolve()), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        entry = cache.get(key)
+        if not entry or entry[:3] != seen:
+            cache[key], changed = [*seen, file_sha256(path)], True
+        found[path.name] = cache[key][3]
+    if changed:
+        try:
+            from pipeline.stage import write_json_atomic
+
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(cache_path, cache)
+        except Exception as exc:  # noqa: BLE001 - a read-only cache only costs hashing again next time
+            log.debug("cannot write the file-hash cache %s: %s", cache_path, exc)
+    return found
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- provenance: the code, packages and machine a stage ran with ----------------------------------------------
+
+def provenance() -> dict:
+    from pipeline.stage import package_versions
+
+    return {"git": git_state(), "packages": package_versions(), "hardware": hardware()}
+
+
+def git_state() -> dict:
+    """The commit this code came from ($GIT_COMMIT in a container without .git) and whether it had edits."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True, timeout=30).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True, check=True, timeout=30).stdout.strip())
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": os.environ.get("GIT_COMMIT") or None, "dirty": None}
+
+
+def hardware() -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "accelerator": torch.cuda.get_device_name(0) if cuda else None,
+            "accelerator_count": torch.cuda.device_count() if cuda else 0}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
