@@ -1,5 +1,6 @@
 import json
 import re
+import resource
 import shutil
 
 import pytest
@@ -88,16 +89,27 @@ def test_predictions_cover_every_row_with_both_models_in_original_order(referenc
         assert row["input"] == source["input"] and row["reference"] == source["target"]
         assert set(row) == {"id", "model", "input", "reference", "prediction", "raw", "new_tokens",
                             "hit_max_new_tokens"}
-        assert 0 < row["new_tokens"] <= 8
+        # No stop strings, and the random model says no EOS within 8 tokens: every row runs to max_new_tokens.
+        assert (row["new_tokens"], row["hit_max_new_tokens"]) == (8, True)
     base = [r["raw"] for r in rows[:ROWS]]
     tuned = [r["raw"] for r in rows[ROWS:]]
     assert base != tuned, "the adapter must change the outputs"
     summary = json.loads(summary_path.read_text())
     assert summary["rows"] == ROWS and set(summary["models"]) == {"base", "tuned"}
-    for stats in summary["models"].values():
-        assert stats["rows"] == ROWS and stats["tokens_per_second"] > 0
-        assert 0 <= stats["hit_max_new_tokens_rate"] <= 1
-    assert summary["peak_memory"]["cpu_rss_gib"] > 0
+    assert (summary["max_new_tokens"], summary["batch_size"], summary["dtype"], summary["processes"],
+            summary["prompts_truncated"], summary["resumed_rows"]) == (8, 4, "float32", 1, 0, 0)
+    for name, stats in summary["models"].items():
+        model_rows = [r for r in rows if r["model"] == name]
+        tokens, seconds = sum(r["new_tokens"] for r in model_rows), stats["seconds"]
+        assert stats["rows"] == stats["generated_rows"] == ROWS and stats["batch_size"] == 4
+        # The rates are this pass's counts over its time (rounded to 0.01 s in the summary).
+        low, high = max(seconds - 0.005, 1e-3), seconds + 0.005
+        assert ROWS / high - 0.001 <= stats["rows_per_second"] <= ROWS / low + 0.001
+        assert tokens / high - 0.01 <= stats["tokens_per_second"] <= tokens / low + 0.01
+        assert stats["hit_max_new_tokens_rate"] == sum(r["hit_max_new_tokens"] for r in model_rows) / ROWS == 1.0
+        assert stats["mean_new_tokens"] == tokens / ROWS == 8
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB: this process's peak so far
+    assert 0.05 < summary["peak_memory"]["cpu_rss_gib"] <= peak + 1e-3
 
 
 def test_two_runs_are_byte_identical(reference, tiny_model_dir, tiny_data, adapter_out, tmp_path):
