@@ -596,7 +596,7 @@ def check_job(name: str) -> tuple[dict, dict, dict]:
         assert "persistentVolumeClaim" in volumes[mounts[path]["name"]], path
     token_file = {e["name"]: e.get("value") for e in container["env"]}["HF_TOKEN_FILE"]
     secret_mount = [m for m in container["volumeMounts"] if token_file.startswith(m["mountPath"] + "/")]
-    assert secret_mount and "secret" in volumes[secret_mount[0]["name"]] and secret_mount[0]["readOnly"] is True
+    assert len(secret_mount) == 1 and "secret" in volumes[secret_mount[0]["name"]] and secret_mount[0]["readOnly"] is True
     assert not any(SECRET_WORDS.search(e["name"]) and "value" in e and e["name"] != "HF_TOKEN_FILE"
                    for e in container["env"])
     assert not HUB_TOKEN.search(manifest.read_text(encoding="utf-8"))
@@ -638,7 +638,7 @@ def test_multi_gpu_job_starts_one_process_per_gpu():
     load_config(ROOT / script_args[script_args.index("--config") + 1])
     shm = [v for v in pod["volumes"] if v["name"] in {m["name"] for m in container["volumeMounts"]
                                                        if m["mountPath"] == "/dev/shm"}]
-    assert shm and shm[0]["emptyDir"]["medium"] == "Memory"
+    assert len(shm) == 1 and shm[0]["emptyDir"]["medium"] == "Memory"
 
 
 def test_multi_node_job_is_an_indexed_job_meeting_at_pod_0_through_a_headless_service():
