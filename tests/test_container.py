@@ -248,14 +248,39 @@ def build_context(root: Path) -> set[str]:
     return paths
 
 
-def test_dockerignore_keeps_caches_outputs_venv_and_git_out_of_the_image():
+def real_dockerignore() -> DockerIgnore:
+    return DockerIgnore((ROOT / ".dockerignore").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("path", [
+    ".git", ".git/HEAD", ".git/objects/ab/cdef",                  # history (GIT_COMMIT stands in for it)
+    ".venv", ".venv/bin/python", ".venv/lib/python3.11/site-packages/torch/__init__.py",  # the host's venv
+    "outputs", "outputs/demo/report.json", "outputs/demo/train/adapter/adapter_model.safetensors",  # runs
+    "pipeline/__pycache__/config.cpython-311.pyc", "tests/__pycache__/conftest.cpython-311.pyc",  # caches
+    "__pycache__/entrypoint.cpython-311.pyc", ".pytest_cache/v/cache/nodeids",
+    "socratic_lora.egg-info/PKG-INFO", "build/lib/pipeline/config.py", "dist/socratic_lora-0.1.0.whl",  # builds
+    ".gpu/whl/trl-1.16.0-py3-none-any.whl", ".gpu/tokenizer/tokenizer.json", "bench/results.json",  # local files
+])
+def test_the_real_dockerignore_leaves_out(path):
+    assert real_dockerignore().excludes(path), f".dockerignore lets {path} into the image"
+
+
+def test_what_git_ignores_stays_out_of_the_image_too():
+    """Every .gitignore entry (local venvs, caches, outputs, builds) is left out of the build context as well."""
+    for line in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith(("#", "!")):
+            sample = line.strip().rstrip("/").replace("*", "sample")
+            assert real_dockerignore().excludes(f"{sample}/file"), f".gitignore has {line}, .dockerignore lets it in"
+
+
+def test_the_build_context_holds_the_project_and_none_of_the_local_state():
     context = build_context(ROOT)
-    assert {"entrypoint.py", "pipeline/config.py", "eval/score.py", "configs/gemma3-1b-korean-socratic.yaml"} <= context
-    ignore = DockerIgnore((ROOT / ".dockerignore").read_text(encoding="utf-8"))
-    for path in (".venv/bin/python", ".git", ".git/HEAD", "outputs/demo/report.json", "pipeline/__pycache__/x.pyc",
-                 ".gpu/whl/trl.whl", ".pytest_cache/README.md", "socratic_lora.egg-info/PKG-INFO"):
-        assert ignore.excludes(path), path
-    left_out = {".venv", ".git", "outputs", "__pycache__", ".gpu"}
+    copied = {source for ins in parse_dockerfile().structure if ins["instruction"] == "COPY"
+              for source in copy_args(ins)[1] if not copy_args(ins)[0].get("from") and source != "."}
+    assert copied == {"pyproject.toml", "constraints.txt", "Makefile", "pipeline/", "eval/"}
+    assert {source.rstrip("/") for source in copied} | {"entrypoint.py", "pipeline/config.py", "eval/score.py",
+                                                       "configs/gemma3-1b-korean-socratic.yaml"} <= context
+    left_out = {".venv", ".git", "outputs", "__pycache__", ".gpu", ".pytest_cache"}
     assert not [path for path in context if left_out & set(path.split("/"))]
 
 
@@ -572,7 +597,7 @@ def check_job(name: str) -> tuple[dict, dict, dict]:
         assert "persistentVolumeClaim" in volumes[mounts[path]["name"]], path
     token_file = {e["name"]: e.get("value") for e in container["env"]}["HF_TOKEN_FILE"]
     secret_mount = [m for m in container["volumeMounts"] if token_file.startswith(m["mountPath"] + "/")]
-    assert secret_mount and "secret" in volumes[secret_mount[0]["name"]] and secret_mount[0]["readOnly"] is True
+    assert len(secret_mount) == 1 and "secret" in volumes[secret_mount[0]["name"]] and secret_mount[0]["readOnly"] is True
     assert not any(SECRET_WORDS.search(e["name"]) and "value" in e and e["name"] != "HF_TOKEN_FILE"
                    for e in container["env"])
     assert not HUB_TOKEN.search(manifest.read_text(encoding="utf-8"))
@@ -614,7 +639,7 @@ def test_multi_gpu_job_starts_one_process_per_gpu():
     load_config(ROOT / script_args[script_args.index("--config") + 1])
     shm = [v for v in pod["volumes"] if v["name"] in {m["name"] for m in container["volumeMounts"]
                                                        if m["mountPath"] == "/dev/shm"}]
-    assert shm and shm[0]["emptyDir"]["medium"] == "Memory"
+    assert len(shm) == 1 and shm[0]["emptyDir"]["medium"] == "Memory"
 
 
 def test_multi_node_job_is_an_indexed_job_meeting_at_pod_0_through_a_headless_service():

@@ -1,6 +1,7 @@
 """CPU tuning: the same results as the stock kernels, really taken on a CPU, undone on exit, never applied off the
 CPU, and the stock path when a private symbol it relies on is gone."""
 
+import json
 import logging
 
 import pytest
@@ -130,5 +131,7 @@ def test_the_job_trains_and_generates_when_a_private_symbol_is_gone(symbol, tiny
     assert main(["run", f"model.source={tiny_model_dir}", f"data.source={tmp_path / 'data'}",
                  f"output.dir={tmp_path / 'out'}", "train.max_steps=2", "generate.max_new_tokens=4",
                  "score.bootstrap_samples=20"]) == 0
-    assert (tmp_path / "out" / "report.json").is_file()
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert (report["rows"], report["models"], report["train"]["steps"]) == (3, ["base", "tuned"], 2)
+    assert report["generate"]["max_new_tokens"] == 4
     assert any("_moved_away" in r.message or "libgone" in r.message for r in caplog.records), "no debug line said so"

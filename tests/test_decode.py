@@ -80,23 +80,6 @@ def test_greedy_equals_transformers_generate_while_rows_stop_at_different_steps(
         assert (max(map(len, prompts)) > window) != ("crossing" in case) and min(map(len, prompts)) + 16 > window
 
 
-def test_sampling_runs_transformers_generate_seeded(model, gemma_tokenizer):
-    """Sampling is the documented fallback: transformers' own generate, from the seeded global stream."""
-    pad = gemma_tokenizer.pad_token_id
-    decoding = Decoding(max_new_tokens=6, stop_ids=(gemma_tokenizer.eos_token_id,), stop_strings=(), pad_id=pad,
-                        do_sample=True, temperature=0.7, top_p=0.9)
-
-    def sampled(seed):
-        torch.manual_seed(seed)
-        return decode.decode_batch(model, gemma_tokenizer, PROMPTS[:4], decoding)
-
-    torch.manual_seed(11)
-    expected = hf_generate(model, PROMPTS[:4], 6, [gemma_tokenizer.eos_token_id], pad, do_sample=True,
-                           temperature=0.7, top_p=0.9, top_k=0)
-    assert sampled(11) == expected and sampled(11) == sampled(11)
-    assert sampled(11) != sampled(12)
-
-
 def test_a_row_ends_at_the_token_that_completes_a_stop_string(model, gemma_tokenizer):
     pad = gemma_tokenizer.pad_token_id
     free = Decoding(max_new_tokens=10, stop_ids=(), stop_strings=(), pad_id=pad)

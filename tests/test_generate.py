@@ -1,5 +1,6 @@
 import json
 import re
+import resource
 import shutil
 
 import pytest
@@ -55,10 +56,10 @@ def two_adapters(tiny_model_dir, tmp_path_factory):
             "b": random_adapter(tiny_model_dir, folder / "b", seed=3)}
 
 
-def run(tiny_model_dir, tiny_data, out, adapter_out, model=None, **gen):
+def run(tiny_model_dir, tiny_data, out, adapter_out, model=None, data=None, **gen):
     if out != adapter_out and adapter_out is not None:
         shutil.copytree(adapter_out / "train", out / "train", dirs_exist_ok=True)
-    cfg = Config(model=model or ModelConfig(source=str(tiny_model_dir)), data=DataConfig(source=str(tiny_data)),
+    cfg = Config(model=model or ModelConfig(source=str(tiny_model_dir)), data=data or DataConfig(source=str(tiny_data)),
                  generate=GenerateConfig(**{"batch_size": 4, "max_new_tokens": 8, "stop_strings": (), **gen}),
                  output=OutputConfig(dir=str(out)))
     stage_dir = generate_module.generate(cfg, out)
@@ -87,16 +88,27 @@ def test_predictions_cover_every_row_with_both_models_in_original_order(referenc
         assert row["input"] == source["input"] and row["reference"] == source["target"]
         assert set(row) == {"id", "model", "input", "reference", "prediction", "raw", "new_tokens",
                             "hit_max_new_tokens"}
-        assert 0 < row["new_tokens"] <= 8
+        # No stop strings, and the random model says no EOS within 8 tokens: every row runs to max_new_tokens.
+        assert (row["new_tokens"], row["hit_max_new_tokens"]) == (8, True)
     base = [r["raw"] for r in rows[:ROWS]]
     tuned = [r["raw"] for r in rows[ROWS:]]
     assert base != tuned, "the adapter must change the outputs"
     summary = json.loads(summary_path.read_text())
     assert summary["rows"] == ROWS and set(summary["models"]) == {"base", "tuned"}
-    for stats in summary["models"].values():
-        assert stats["rows"] == ROWS and stats["tokens_per_second"] > 0
-        assert 0 <= stats["hit_max_new_tokens_rate"] <= 1
-    assert summary["peak_memory"]["cpu_rss_gib"] > 0
+    assert (summary["max_new_tokens"], summary["batch_size"], summary["dtype"], summary["processes"],
+            summary["prompts_truncated"], summary["resumed_rows"]) == (8, 4, "float32", 1, 0, 0)
+    for name, stats in summary["models"].items():
+        model_rows = [r for r in rows if r["model"] == name]
+        tokens, seconds = sum(r["new_tokens"] for r in model_rows), stats["seconds"]
+        assert stats["rows"] == stats["generated_rows"] == ROWS and stats["batch_size"] == 4
+        # The rates are this pass's counts over its time (rounded to 0.01 s in the summary).
+        low, high = max(seconds - 0.005, 1e-3), seconds + 0.005
+        assert ROWS / high - 0.001 <= stats["rows_per_second"] <= ROWS / low + 0.001
+        assert tokens / high - 0.01 <= stats["tokens_per_second"] <= tokens / low + 0.01
+        assert stats["hit_max_new_tokens_rate"] == sum(r["hit_max_new_tokens"] for r in model_rows) / ROWS == 1.0
+        assert stats["mean_new_tokens"] == tokens / ROWS == 8
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB: this process's peak so far
+    assert 0.05 < summary["peak_memory"]["cpu_rss_gib"] <= peak + 1e-3
 
 
 def test_two_runs_are_byte_identical(reference, tiny_model_dir, tiny_data, adapter_out, tmp_path):
@@ -104,9 +116,141 @@ def test_two_runs_are_byte_identical(reference, tiny_model_dir, tiny_data, adapt
     assert again.read_bytes() == reference[0].read_bytes()
 
 
-def test_batched_greedy_equals_one_at_a_time(reference, tiny_model_dir, tiny_data, adapter_out, tmp_path):
-    single, _ = run(tiny_model_dir, tiny_data, tmp_path, adapter_out, batch_size=1)
-    assert single.read_bytes() == reference[0].read_bytes()
+@pytest.fixture
+def decoded(monkeypatch):
+    """The token ids the generate stage decoded, per pass: [{prompt ids: new ids}, ...] (base first, then each
+    adapter), and the rows of each decode_batch call, recorded on the way through (nothing is changed)."""
+    real, passes, calls = generate_module.decode_batch, [], []
+
+    def recording(model, tokenizer, prompts, decoding):
+        outputs = real(model, tokenizer, prompts, decoding)
+        if not passes or len(passes[-1]) == passes[-1].rows:
+            passes.append(Pass())
+        passes[-1].update(zip(map(tuple, prompts), outputs))
+        calls.append(outputs)
+        return outputs
+
+    class Pass(dict):
+        rows = None
+
+    def start(rows):
+        passes.clear()
+        calls.clear()
+        Pass.rows = rows
+        return passes, calls
+
+    monkeypatch.setattr(generate_module, "decode_batch", recording)
+    return start
+
+
+def first_stop(tokenizer, ids: list[int], stops: tuple[str, ...]) -> int:
+    """How many of `ids` a row keeps under the stop-string rule, worked out here from the README's wording: up to
+    the token whose text completes a stop string that follows some text (not counting leading whitespace)."""
+    for n in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        body = text.lstrip()
+        if any(stop in body[1:] for stop in stops if body):
+            return n
+    return len(ids)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_batched_greedy_equals_one_at_a_time(dtype, tiny_model_dir, tiny_data, adapter_out, tmp_path, decoded,
+                                             gemma_tokenizer):
+    """Rows that stop at different steps leave the batch while the others go on; every row's tokens equal the
+    tokens of that row decoded alone (cut where the stop rule ends it), for the base model and the merged
+    adapter, in fp32 and bf16 (on CPU)."""
+    model, max_new = ModelConfig(source=str(tiny_model_dir), dtype=dtype), 10
+    passes, _ = decoded(ROWS)
+    run(tiny_model_dir, tiny_data, tmp_path / "alone", adapter_out, model=model, batch_size=1, max_new_tokens=max_new)
+    alone = [dict(p) for p in passes]
+    assert [len(p) for p in alone] == [ROWS, ROWS] and all(len(ids) == max_new for p in alone for ids in p.values())
+    # Stop strings taken from the base rows decoded alone (a token's text at steps 3, 6 and 8 of a row in each of
+    # the three batches), so that in the batches rows end at different steps.
+    base = list(alone[0].values())
+    stops = tuple(sorted({gemma_tokenizer.decode(base[row][step:step + 1]) for row, step in ((1, 2), (5, 5), (8, 7))}))
+    passes, calls = decoded(ROWS)
+    predictions, _ = run(tiny_model_dir, tiny_data, tmp_path / "batched", adapter_out, model=model, batch_size=4,
+                         max_new_tokens=max_new, stop_strings=stops)
+    batched, rows = [dict(p) for p in passes], read(predictions)
+    # The rows really leave the batch at different steps: some stop on a stop string before others, and the
+    # batches hold rows of different lengths.
+    lengths = [row["new_tokens"] for row in rows]
+    assert len(set(lengths)) >= 3 and min(lengths) < max_new and max_new in lengths, lengths
+    stopped = [row for row in rows if not row["hit_max_new_tokens"]]
+    assert [row["new_tokens"] < max_new for row in rows] == [not row["hit_max_new_tokens"] for row in rows]
+    assert len(stopped) >= 3 and all(any(stop in row["raw"].lstrip()[1:] for stop in stops) for row in stopped)
+    assert [len(call) for call in calls] == [4, 4, 2] * 2
+    assert sum(len({len(ids) for ids in call}) > 1 for call in calls) >= 2
+    for one, together in zip(alone, batched):  # token for token, row by row
+        assert one.keys() == together.keys()
+        for prompt, ids in one.items():
+            assert together[prompt] == ids[:first_stop(gemma_tokenizer, ids, stops)]
+
+
+SAMPLED_ROWS = 4
+
+
+def sampled(tiny_model_dir, tiny_data, out, adapter_out, **gen):
+    """predictions.jsonl's bytes from the generate stage on the first 4 test rows (8 new tokens, base and tuned)."""
+    data = DataConfig(source=str(tiny_data), max_test_samples=SAMPLED_ROWS)
+    predictions, _ = run(tiny_model_dir, tiny_data, out, adapter_out, data=data, **gen)
+    return predictions.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def greedy_few(tiny_model_dir, tiny_data, adapter_out, tmp_path_factory):
+    return sampled(tiny_model_dir, tiny_data, tmp_path_factory.mktemp("greedy"), adapter_out)
+
+
+def test_sampling_is_seeded_by_the_stage_and_the_seed_changes_it(tiny_model_dir, tiny_data, adapter_out, tmp_path,
+                                                                 greedy_few):
+    """Sampling (temperature 1, top-p 1: the tiny model's distribution is nearly flat) repeats for the same
+    generate.seed whatever the global random state was before, and changes with the seed."""
+    torch.manual_seed(1)
+    first = sampled(tiny_model_dir, tiny_data, tmp_path / "a", adapter_out, do_sample=True, seed=7)
+    torch.manual_seed(2)
+    torch.rand(1000)
+    again = sampled(tiny_model_dir, tiny_data, tmp_path / "b", adapter_out, do_sample=True, seed=7)
+    other = sampled(tiny_model_dir, tiny_data, tmp_path / "c", adapter_out, do_sample=True, seed=8)
+    assert again == first
+    rows = {name: [json.loads(line) for line in text.splitlines()]
+            for name, text in (("seed 7", first), ("seed 8", other), ("greedy", greedy_few))}
+    assert len(rows["seed 7"]) == 2 * SAMPLED_ROWS
+    for name in ("seed 8", "greedy"):  # every row differs: 8 tokens drawn from 262k nearly equal choices
+        assert all(a["raw"] != b["raw"] for a, b in zip(rows["seed 7"], rows[name])), name
+
+
+@pytest.mark.parametrize("setting", [{"top_p": 1e-9}, {"temperature": 1e-5}])
+def test_top_p_and_temperature_reach_the_sampler(setting, tiny_model_dir, tiny_data, adapter_out, tmp_path,
+                                                greedy_few):
+    """A top-p so small that only the likeliest token is left, or a temperature so low that it takes all the
+    probability, makes sampling greedy decoding: the same file as do_sample=false, byte for byte (while sampling
+    with neither differs from it in every row: the test above)."""
+    assert sampled(tiny_model_dir, tiny_data, tmp_path, adapter_out, do_sample=True, seed=7, **setting) == greedy_few
+
+
+def test_sampled_rows_end_where_the_stop_rules_say(tiny_model_dir, tiny_data, adapter_out, tmp_path, decoded,
+                                                   gemma_tokenizer):
+    """Stop strings end sampled rows too, at the token that completes one after some text, and nothing of the
+    row's tokens after it is kept; the rows that do not meet one run to max_new_tokens."""
+    stops, max_new = ("e", "a"), 8
+    passes, calls = decoded(SAMPLED_ROWS)
+    rows = [json.loads(line) for line in sampled(tiny_model_dir, tiny_data, tmp_path, adapter_out, do_sample=True,
+                                                 seed=7, stop_strings=stops).decode().splitlines()]
+    generated = [ids for p in passes for ids in p.values()]
+    assert len(generated) == len(rows) == 2 * SAMPLED_ROWS
+    lengths = sorted(len(ids) for ids in generated)
+    assert len(set(lengths)) >= 3 and lengths[0] < max_new, lengths  # rows stop at different steps
+    for ids in generated:
+        assert len(ids) == first_stop(gemma_tokenizer, ids, stops) and gemma_tokenizer.pad_token_id not in ids
+    for row in rows:
+        stopped = not row["hit_max_new_tokens"]
+        assert stopped == (row["new_tokens"] < max_new)
+        assert not any(stop in row["prediction"][1:] for stop in stops), row
+        if stopped:
+            body = row["raw"].lstrip()
+            assert any(stop in body[1:] for stop in stops), row
 
 
 def test_a_crashed_run_resumes_to_the_same_file(reference, tiny_model_dir, tiny_data, adapter_out, tmp_path,

@@ -130,6 +130,7 @@ def test_paired_bootstrap_is_seeded_and_finds_a_real_improvement():
     assert result == metrics.paired_bootstrap(base, better, samples=200, seed=7)
     for name in ("bleu", "chrf", "rougeL"):
         d = result[name]
+        assert d["delta"] == pytest.approx(better.metrics()[name] - base.metrics()[name])  # on all rows
         assert d["delta"] > 0 and d["ci95_low"] > 0 and d["p_value"] < 0.05
         assert d["ci95_low"] <= d["delta"] <= d["ci95_high"]
     tie = metrics.paired_bootstrap(base, base, samples=200)

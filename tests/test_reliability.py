@@ -115,6 +115,7 @@ def test_sigterm_mid_generate_keeps_rows_and_the_rerun_ends_with_the_same_file(t
 
 def test_disk_full_during_generate_keeps_the_earlier_rows(tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
     assert main(job_args("train", tiny_model_dir, data_dir, tmp_path, "train.max_steps=2")[2:]) == 0
+    adapter = (tmp_path / "train" / "adapter" / "adapter_model.safetensors").read_bytes()
     real_fsync, calls = os.fsync, []
 
     def full_disk(fd):
@@ -128,8 +129,10 @@ def test_disk_full_during_generate_keeps_the_earlier_rows(tiny_model_dir, data_d
     assert code == 3
     assert "No space left on device" in capsys.readouterr().err
     rows = (tmp_path / "generate" / "predictions.jsonl").read_text().splitlines()
-    assert len(rows) >= 3 and all(json.loads(r)["model"] == "base" for r in rows)
-    assert (tmp_path / "train" / "adapter" / "adapter_model.safetensors").is_file()
+    # generate.batch_size=1: one fsync per row; the fourth failed after its row was written (the fault is in
+    # fsync alone), and the job stopped there: four whole base rows, none after.
+    assert len(calls) == 4 and [json.loads(r)["model"] for r in rows] == ["base"] * 4
+    assert (tmp_path / "train" / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
 
 
 def test_disk_full_while_writing_json_leaves_the_old_file(tmp_path, monkeypatch):
@@ -271,19 +274,97 @@ def test_sigterm_reaches_the_job_as_pid_1_of_a_pid_namespace(tmp_path):
     assert_no_half_model(cache)
 
 
-def test_remote_code_cannot_be_switched_on(tiny_model_dir, tmp_path, capsys):
+REMOTE_CONFIG = """
+from pathlib import Path
+Path({marker!r}).write_text("configuration_evil.py ran")
+from transformers import Gemma3TextConfig
+
+class EvilConfig(Gemma3TextConfig):
+    model_type = "evil_gemma"
+"""
+REMOTE_MODEL = """
+from pathlib import Path
+Path({marker!r}).write_text("modeling_evil.py ran")
+from transformers import Gemma3ForCausalLM
+from .configuration_evil import EvilConfig
+
+class EvilForCausalLM(Gemma3ForCausalLM):
+    config_class = EvilConfig
+"""
+
+
+REMOTE_TOKENIZER = """
+from pathlib import Path
+Path({marker!r}).write_text("tokenization_evil.py ran")
+from transformers import TokenizersBackend
+
+class EvilTokenizer(TokenizersBackend):
+    pass
+"""
+
+
+def remote_code_model(tiny_model_dir, folder: Path, marker: Path, custom: str) -> Path:
+    """The tiny model with custom code that writes `marker` when it runs, which only trust_remote_code=True loads.
+
+    custom="model": config.json has a model_type transformers does not know and an auto_map pointing at
+    configuration_evil.py / modeling_evil.py in the folder. custom="tokenizer": the model is a plain Gemma 3, but
+    there is no tokenizer.json (so the job falls back to AutoTokenizer) and tokenizer_config.json's auto_map points
+    at tokenization_evil.py."""
+    shutil.copytree(tiny_model_dir, folder)
+    if custom == "model":
+        config = json.loads((folder / "config.json").read_text())
+        config.update(model_type="evil_gemma", architectures=["EvilForCausalLM"],
+                      auto_map={"AutoConfig": "configuration_evil.EvilConfig",
+                                "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"})
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "configuration_evil.py").write_text(REMOTE_CONFIG.format(marker=str(marker)))
+        (folder / "modeling_evil.py").write_text(REMOTE_MODEL.format(marker=str(marker)))
+    else:
+        (folder / "tokenizer.json").unlink()
+        tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+        tokenizer_config.update(tokenizer_class="EvilTokenizer",
+                                auto_map={"AutoTokenizer": [None, "tokenization_evil.EvilTokenizer"]})
+        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+        (folder / "tokenization_evil.py").write_text(REMOTE_TOKENIZER.format(marker=str(marker)))
+    return folder
+
+
+@pytest.mark.parametrize("custom", ["model", "tokenizer"])
+def test_a_model_that_needs_remote_code_is_refused_and_its_code_never_runs(custom, tiny_model_dir, data_dir,
+                                                                           tmp_path, capsys, monkeypatch):
     assert main(["config", "show", "model.trust_remote_code=true"]) == 2
-    assert "unknown config key: model.trust_remote_code" in capsys.readouterr().err
-    custom = tmp_path / "custom-code-model"
-    shutil.copytree(tiny_model_dir, custom)
-    config = json.loads((custom / "config.json").read_text())
-    config.update(model_type="evil_model", auto_map={"AutoModelForCausalLM": "modeling_evil.EvilModel"})
-    (custom / "config.json").write_text(json.dumps(config))
-    (custom / "modeling_evil.py").write_text("raise SystemExit('remote code ran')\n")
-    from pipeline import models
-    from pipeline.config import ModelConfig
-    with pytest.raises(ConfigError, match="cannot load the model from"):
-        models.load_model(ModelConfig(source=str(custom)))
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: unknown config key: model.trust_remote_code"]
+    marker = tmp_path / "remote-code-ran"
+    folder = remote_code_model(tiny_model_dir, tmp_path / "custom-code-model", marker, custom)
+    out = tmp_path / "out"
+
+    assert main(job_args("train", folder, data_dir, out)[2:]) == 2  # a config error: a retry fails the same way
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"error: model.source: cannot load the model from {folder}: "), \
+        errors
+    if custom == "model":  # transformers' own reason (the tokenizer's: it has nothing else to build from)
+        assert "contains custom code which must be executed" in errors[0]
+    assert not marker.exists(), marker.read_text()
+    assert not (out / "train").exists()
+
+    # The control: with trust_remote_code=True, transformers does run the folder's code, so the refusal above is
+    # the job's doing, not a broken fixture. (Its module cache in tmp_path, not the user's.)
+    from transformers import AutoConfig, dynamic_module_utils
+
+    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    try:
+        if custom == "model":
+            assert type(AutoConfig.from_pretrained(folder, trust_remote_code=True)).__name__ == "EvilConfig"
+        else:  # the class AutoTokenizer(trust_remote_code=True) would take (no tokenizer.json to build it from)
+            assert dynamic_module_utils.get_class_from_dynamic_module(
+                "tokenization_evil.EvilTokenizer", folder).__name__ == "EvilTokenizer"
+    finally:
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
+    assert marker.read_text() == f"{'configuration' if custom == 'model' else 'tokenization'}_evil.py ran"
 
 
 def test_pickle_adapters_are_refused(tiny_model_dir, data_dir, tmp_path):

@@ -105,7 +105,9 @@ def test_report_files_exist_and_json_validates(scored):
     assert report["rows"] == N and len(report["examples"]) == 10 and report["models"] == ["base", "tuned"]
     assert report["metrics"]["tuned"]["rougeL"] > report["metrics"]["base"]["rougeL"]
     assert report["metrics"]["base"]["hit_max_new_tokens_rate"] == 0.5
-    assert report["deltas"]["tuned"]["rougeL"]["delta"] > 0 and report["reference"] == "base"
+    assert report["deltas"]["tuned"]["rougeL"]["delta"] == pytest.approx(
+        report["metrics"]["tuned"]["rougeL"] - report["metrics"]["base"]["rougeL"])
+    assert report["reference"] == "base"
     assert set(report["per_type"]["tuned"]) == {"의미 명확히 하기", "가정 살펴보기", "이유와 근거 묻기",
                                                 "함의와 결과 따져보기", "다른 관점 생각하기"}
     assert report["test_set"]["rows"] == N and len(report["test_set"]["sha256"]) == 64

@@ -1,7 +1,9 @@
 import dataclasses
 import json
 import logging
+import resource
 import shutil
+import time
 
 import pytest
 import torch
@@ -44,12 +46,15 @@ def trained(tiny_model_dir, tiny_data, tmp_path_factory):
     cfg = tiny_config(tiny_model_dir, tiny_data, out)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_module, "save_adapter", capture)
+        started = time.perf_counter()
         stage_dir = train_module.train(cfg, out)
-    return cfg, stage_dir, captured["model"]
+        captured["elapsed"] = time.perf_counter() - started
+        captured["rss_after_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return cfg, stage_dir, captured["model"], captured
 
 
 def test_train_writes_adapter_checkpoints_and_summary(trained, tiny_model_dir):
-    cfg, stage_dir, _ = trained
+    cfg, stage_dir, _, _ = trained
     adapter = stage_dir / "adapter"
     # the card replaces PEFT's template; no 33 MB tokenizer copy (train.save_tokenizer); the base by name, not path
     assert sorted(p.name for p in adapter.iterdir()) == ["README.md", "adapter_config.json",
@@ -59,14 +64,76 @@ def test_train_writes_adapter_checkpoints_and_summary(trained, tiny_model_dir):
     assert sorted(p.name for p in (stage_dir / "checkpoints").iterdir() if p.is_dir()) == [
         "checkpoint-2", "checkpoint-4"]
     summary = json.loads((stage_dir / "train_summary.json").read_text())
-    # hidden 64, 4 heads x 16 + 1 kv head x 16, two layers: r=16 on q/k/v/o gives (2048+1280+1280+2048) x 2.
-    assert summary["trainable_parameters"] == 13_312
     assert summary["adapted_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
-    assert summary["adapted_layers"] == 8 and summary["steps"] == 4
+    assert summary["adapted_layers"] == 8 and summary["steps"] == cfg.train.max_steps == 4
     assert [step for step, _ in summary["loss_curve"]] == [1, 2, 3, 4]
-    for key in ("examples_per_second", "tokens_per_second", "wall_seconds", "peak_memory", "packages",
-                "validation_loss"):
-        assert summary[key], key
+    assert (summary["train_rows"], summary["validation_rows"]) == (24, 4)  # the dataset's sizes
+
+
+def test_trainable_parameters_are_r_times_in_plus_out_per_adapted_linear(trained, tiny_model_dir):
+    """From the base model's own layer shapes (hidden 64; q/o 64x64, k/v 64x16 with one KV head; 2 layers):
+    LoRA adds A (r x in) and B (out x r) to each adapted linear."""
+    from transformers import AutoModelForCausalLM
+
+    cfg, stage_dir, _, _ = trained
+    summary = json.loads((stage_dir / "train_summary.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    adapted = [module for name, module in base.named_modules()
+               if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in cfg.lora.target_modules]
+    assert len(adapted) == summary["adapted_layers"] == 8
+    expected = sum(cfg.lora.r * (m.in_features + m.out_features) for m in adapted)
+    assert summary["trainable_parameters"] == expected == 16 * (128 + 80 + 80 + 128) * 2
+    assert summary["total_parameters"] == sum(p.numel() for p in base.parameters()) + expected
+
+
+def test_throughput_time_memory_and_versions_agree_with_their_sources(trained):
+    """examples/s and tokens/s are the Trainer's counts over the summary's own runtime (rounded to 0.1 s); the wall
+    time lies between the training runtime and the time the stage took here; the peak memory is this process's
+    peak so far; the versions are the installed ones."""
+    import importlib.metadata
+    import platform
+
+    cfg, stage_dir, _, captured = trained
+    summary = json.loads((stage_dir / "train_summary.json").read_text())
+    runtime = summary["train_runtime_seconds"]
+    low, high = max(runtime - 0.05, 1e-3), runtime + 0.05  # the runtime the rates were computed from
+    examples = cfg.train.max_steps * cfg.train.per_device_train_batch_size
+    assert examples / high - 1e-3 <= summary["examples_per_second"] <= examples / low + 1e-3
+    state = json.loads((stage_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    tokens = max(entry.get("num_tokens", 0) for entry in state["log_history"])
+    assert tokens >= examples * 40  # every example is over 40 tokens
+    assert tokens / high - 0.1 <= summary["tokens_per_second"] <= tokens / low + 0.1
+    assert runtime <= summary["wall_seconds"] <= captured["elapsed"] + 0.05
+    assert 0.05 < summary["peak_memory"]["cpu_rss_gib"] <= captured["rss_after_gib"] + 1e-3
+    packages = dict(summary["packages"])
+    assert packages.pop("python") == platform.python_version()
+    assert packages == {name: importlib.metadata.version(name) for name in packages}
+    assert {"torch", "transformers", "peft", "trl"} <= set(packages)
+
+
+def test_validation_loss_is_the_adapters_loss_on_the_validation_completions(trained, tiny_model_dir, tiny_data,
+                                                                           gemma_tokenizer):
+    """Recomputed here: the saved adapter on each validation row alone, cross-entropy over the completion tokens
+    (the question and EOS), averaged over all of them."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.prompt import training_ids
+
+    _, stage_dir, _, _ = trained
+    summary = json.loads((stage_dir / "train_summary.json").read_text())
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                      stage_dir / "adapter").eval()
+    total, count = 0.0, 0
+    for line in (tiny_data / "validation.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        example = training_ids(gemma_tokenizer, row["input"], row["target"], "plain")
+        ids, mask = torch.tensor([example["input_ids"]]), torch.tensor(example["completion_mask"])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1]
+        losses = torch.nn.functional.cross_entropy(logits.float(), ids[0, 1:], reduction="none")
+        total, count = total + losses[mask[1:] == 1].sum().item(), count + int(mask[1:].sum())
+    assert summary["validation_loss"] == pytest.approx(total / count, abs=2e-5)
 
 
 def test_the_tokenizer_is_saved_with_the_adapter_only_when_asked(trained, tmp_path):
@@ -82,10 +149,10 @@ def test_the_tokenizer_is_saved_with_the_adapter_only_when_asked(trained, tmp_pa
 def test_lora_weights_change_and_base_weights_stay_identical(trained, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    _, _, model = trained
+    _, _, model, _ = trained
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     lora_b = {n: p for n, p in model.named_parameters() if "lora_B" in n}
-    assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values()), "LoRA B starts at zero and must move"
+    assert len(lora_b) == 8 and all(p.abs().sum() > 0 for p in lora_b.values()), "LoRA B starts at zero and must move"
     checked = 0
     for name, tensor in model.named_parameters():
         if "lora_" in name:
@@ -148,7 +215,7 @@ def test_the_saved_adapter_has_learned_to_end_a_training_row_with_eos(learnable_
 
 def test_finished_stage_is_not_redone(trained, caplog):
     caplog.set_level(logging.INFO)
-    cfg, stage_dir, _ = trained
+    cfg, stage_dir, _, _ = trained
     summary = (stage_dir / "train_summary.json").read_text()
     train_module.train(cfg, stage_dir.parent)
     assert "already finished" in caplog.text
@@ -169,7 +236,7 @@ def test_resume_from_newest_checkpoint(tiny_model_dir, tiny_data, tmp_path):
 
 
 def test_a_checkpoint_saved_only_in_part_is_not_resumed_from(trained, tmp_path):
-    _, stage_dir, _ = trained
+    _, stage_dir, _, _ = trained
     checkpoints = tmp_path / "checkpoints"
     shutil.copytree(stage_dir / "checkpoints", checkpoints)
     partial = checkpoints / "checkpoint-10"  # killed while saving: no trainer_state.json yet
@@ -180,7 +247,7 @@ def test_a_checkpoint_saved_only_in_part_is_not_resumed_from(trained, tmp_path):
 
 
 def test_a_different_config_is_refused_in_the_same_output_dir(trained):
-    cfg, stage_dir, _ = trained
+    cfg, stage_dir, _, _ = trained
     other = tiny_config(cfg.model.source, cfg.data.source, stage_dir.parent, learning_rate=1e-3)
     with pytest.raises(ConfigError, match="different config"):
         train_module.train(other, stage_dir.parent)
