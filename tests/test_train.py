@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import logging
+import os
 import resource
 import shutil
 import time
@@ -10,6 +11,7 @@ import torch
 
 from conftest import korean_rows, write_jsonl
 from entrypoint import main
+from pipeline import identity
 from pipeline import train as train_module
 from pipeline.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
 from pipeline.errors import ConfigError
@@ -100,12 +102,15 @@ def test_throughput_time_memory_and_versions_agree_with_their_sources(trained):
     examples = cfg.train.max_steps * cfg.train.per_device_train_batch_size
     assert examples / high - 1e-3 <= summary["examples_per_second"] <= examples / low + 1e-3
     state = json.loads((stage_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
-    tokens = max(entry.get("num_tokens", 0) for entry in state["log_history"])
+    tokens = state["num_input_tokens_seen"]  # the Trainer's own count (include_num_input_tokens_seen)
     assert tokens >= examples * 40  # every example is over 40 tokens
+    assert summary["tokens_seen"] == summary["session_tokens"] == tokens  # one uninterrupted session
     assert tokens / high - 0.1 <= summary["tokens_per_second"] <= tokens / low + 0.1
     assert runtime <= summary["wall_seconds"] <= captured["elapsed"] + 0.05
     assert 0.05 < summary["peak_memory"]["cpu_rss_gib"] <= captured["rss_after_gib"] + 1e-3
-    packages = dict(summary["packages"])
+    assert summary["provenance"]["git"] == identity.git_state()
+    assert summary["provenance"]["hardware"]["cpu_count"] == os.cpu_count()
+    packages = dict(summary["provenance"]["packages"])
     assert packages.pop("python") == platform.python_version()
     assert packages == {name: importlib.metadata.version(name) for name in packages}
     assert {"torch", "transformers", "peft", "trl"} <= set(packages)
@@ -139,7 +144,7 @@ def test_validation_loss_is_the_adapters_loss_on_the_validation_completions(trai
 def test_the_tokenizer_is_saved_with_the_adapter_only_when_asked(trained, tmp_path):
     from pipeline.models import load_tokenizer
 
-    cfg, _, model = trained
+    cfg, _, model, _ = trained
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, save_tokenizer=True))
     adapter = train_module.save_adapter(model, load_tokenizer(cfg.model), tmp_path, cfg)
     saved = {p.name for p in adapter.iterdir()}
@@ -249,7 +254,7 @@ def test_a_checkpoint_saved_only_in_part_is_not_resumed_from(trained, tmp_path):
 def test_a_different_config_is_refused_in_the_same_output_dir(trained):
     cfg, stage_dir, _, _ = trained
     other = tiny_config(cfg.model.source, cfg.data.source, stage_dir.parent, learning_rate=1e-3)
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match="holds a train stage made from other inputs"):
         train_module.train(other, stage_dir.parent)
 
 
