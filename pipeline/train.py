@@ -12,11 +12,13 @@ completion only.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import peft
@@ -33,6 +35,14 @@ from pipeline.stage import (atomic_path, check_stage_dir, claim_stage_dir, input
                             recorded_hash, stop_on_signal, write_json_atomic)
 
 log = logging.getLogger(__name__)
+# transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name warns that it goes away in
+# v6): pass the name the installed SFTConfig has, so a user sees no warning they cannot act on.
+CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in {f.name for f in
+                                                                             dataclasses.fields(SFTConfig)}
+                 else "gradient_checkpointing")
+# PEFT and TRL still read the deprecated `model.is_gradient_checkpointing` while setting up; the warning it raises is
+# about their code, not anything a user of this job can change.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def train(cfg: Config, output_dir: Path) -> Path:
@@ -123,7 +133,7 @@ def training_arguments(cfg: Config, checkpoint_dir: Path) -> SFTConfig:
             # The model is loaded in its dtype (bf16 on capable GPUs, fp32 on CPU); fp16 is never used.
             bf16=models.resolve_dtype(cfg.model) == torch.bfloat16, fp16=False,
             # TRL turns gradient checkpointing on by default; it costs ~40% speed and a LoRA run rarely needs it.
-            gradient_checkpointing=cfg.train.gradient_checkpointing,
+            **{CHECKPOINTING: cfg.train.gradient_checkpointing},
             # Padding-free batches: no compute on pad tokens. Prompts are already cut to fit, so no max_length.
             padding_free=cfg.train.padding_free, max_length=None,
             completion_only_loss=True,

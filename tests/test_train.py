@@ -352,3 +352,15 @@ def test_fp16_is_refused_for_gemma3_before_its_weights_load(tiny_model_dir):
 
     with pytest.raises(ConfigError, match="fp16 and the loss turns NaN"):
         models.load_model(ModelConfig(source=str(tiny_model_dir), dtype="float16"))
+
+
+def test_the_training_settings_raise_no_warning_a_user_cannot_act_on(tmp_path):
+    import warnings
+
+    for setting in (False, True):
+        cfg = Config(train=TrainConfig(gradient_checkpointing=setting))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            args = train_module.training_arguments(cfg, tmp_path / "checkpoints")
+        assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, UserWarning))] == []
+        assert args.gradient_checkpointing is setting  # the setting still reaches the Trainer
