@@ -108,7 +108,7 @@ def generate(cfg: Config, output_dir: Path) -> Path:
             write_json_atomic(summary_path, {
                 "inputs_hash": digest, "rows": len(test), "models": summarize(rows, per_model, names),
                 "processes": state.num_processes, "device": state.device.type,
-                "device_name": device_name(state.device), "dtype": str(model.dtype).removeprefix("torch."),
+                "dtype": str(model.dtype).removeprefix("torch."),
                 "prompts_truncated": truncated, "resumed_rows": len(done),
                 "max_new_tokens": cfg.generate.max_new_tokens,
                 "batch_size": next((s["batch_size"] for s in reversed(per_model.values()) if "batch_size" in s), None),
@@ -211,10 +211,6 @@ def summarize(rows: list[dict], per_model: dict, names: list[str]) -> dict:
             "mean_new_tokens": round(sum(r["new_tokens"] for r in model_rows) / len(model_rows), 2),
         }
     return summary
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
 
 
 def append_flushed(out, lines: list[str]) -> None:

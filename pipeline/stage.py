@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # no output. The score stage depends on everything: its report shows the whole config.
 STAGE_CONFIG = {
     "train": ("model.dtype", "model.attn_implementation", "prompt", "lora",
-              "train", "-train.save_steps", "-train.save_total_limit", "-train.report_to", "-train.save_tokenizer"),
+              "train", "-train.save_steps", "-train.save_total_limit", "-train.report_to"),
     "generate": ("model.dtype", "model.attn_implementation", "prompt",
                  "generate", "-generate.batch_size", "-generate.max_batch_size", "-generate.adapters"),
     "score": ("model", "data", "prompt", "lora", "train", "generate", "score"),

@@ -41,7 +41,7 @@ def scored_run(out, tuned, base=None, rows=None, extra=None, **score_settings):
         "models": {m: {"rows": len(rows), "rows_per_second": 1.0, "tokens_per_second": 10.0,
                        "hit_max_new_tokens_rate": 0.0, "mean_new_tokens": 20.0} for m in models},
         "prompts_truncated": 0, "max_new_tokens": 48, "batch_size": 8, "peak_memory": {}, "wall_seconds": 30.0,
-        "device": "cpu", "device_name": "CPU (2 cores)", "provenance": identity.provenance()})
+        "device": "cpu", "provenance": identity.provenance()})
     lines = []
     for model, predict in models.items():
         for i, row in enumerate(rows):
