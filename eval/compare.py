@@ -6,7 +6,9 @@ The two reports must describe the same test rows with the same metric settings (
 refuses (exit 2) unless --allow-different-data. A metric regresses when the candidate model (--model, default
 tuned) is worse than the baseline's by more than its allowed drop, in the metric's own units (ROUGE in [0, 1],
 BLEU/chrF in [0, 100]) and in its direction: quality metrics may not fall, failure rates (empty_rate,
-hit_max_new_tokens_rate) may not rise; lengths have no direction and cannot be gated.
+hit_max_new_tokens_rate) may not rise; lengths have no direction and cannot be gated (each metric's direction and
+whether it pairs are its entry in eval/metrics.py's REGISTRY). A metric one report lacks (made by an older version)
+is exit 2 when it is gated and "—" in the table of the headline metrics not gated.
 
 When both reports' predictions are at hand, the rows are matched by id and the candidate-minus-baseline
 difference gets a 95% paired-bootstrap interval. What a limit means is the rule (--rule):
@@ -30,7 +32,7 @@ from pathlib import Path
 import jsonschema
 
 from eval import metrics
-from eval.report import SCHEMA_VERSION, validate
+from eval.report import SCHEMA_VERSION, cell, change, validate
 from eval.score import read_predictions
 from pipeline.errors import ConfigError, DataError
 from pipeline.identity import file_sha256
@@ -55,6 +57,8 @@ class Check:
 class Verdict:
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The headline metrics not gated, for context: (metric, the baseline model's metrics, the candidate's).
+    ungated: list[tuple[str, dict, dict]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -62,7 +66,9 @@ class Verdict:
 
 
 def load_report(path: Path) -> dict:
-    """A report.json of this schema version, checked against the schema: anything else is exit 2, naming why."""
+    """A report.json of this schema version, checked against the schema: anything else is exit 2, naming why. A
+    metric it lacks (a report made before the metric was added) is no error here: it is exit 2 where it is gated,
+    and "—" in the tables."""
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -72,7 +78,7 @@ def load_report(path: Path) -> dict:
         raise DataError(f"{path} is a report of schema version {version!r}; this version compares {SCHEMA_VERSION!r} "
                         "reports only: rescore it with this version (entrypoint.py score)")
     try:
-        validate(report)
+        validate(report, complete=False)
     except jsonschema.ValidationError as exc:
         where = "/".join(map(str, exc.absolute_path)) or "the top level"
         raise DataError(f"{path} is not a valid report.json ({where}: {exc.message})") from None
@@ -111,16 +117,18 @@ def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float
         raise ConfigError(f"--model: {name!r} is not a model of both reports (baseline: "
                           f"{', '.join(baseline['models'])}; candidate: {', '.join(candidate['models'])})")
     for name in max_drop:
-        if name not in metrics.DIRECTION:
+        metric = metrics.metric(name)
+        if metric is None:
             raise ConfigError(f"--max-drop: unknown metric {name!r}; reports have "
                               f"{', '.join(sorted(candidate['metrics'][model]))}")
         for which, report, path in (("baseline", baseline, baseline_path), ("candidate", candidate, candidate_path)):
             if name not in report["metrics"][model]:
                 raise ConfigError(f"--max-drop: {name} is not in the {which} report {path} (made by another "
                                   f"version?): rescore it, or leave {name} out of --max-drop")
-        if metrics.DIRECTION[name] == metrics.NEITHER:
+        if not metric.gateable:
+            rates = ", ".join(m.name for m in metrics.REGISTRY if m.direction == metrics.LOWER)
             raise ConfigError(f"--max-drop: {name} describes the outputs and has no better direction; gate a "
-                              "quality metric or a failure rate (empty_rate, hit_max_new_tokens_rate)")
+                              f"quality metric or a failure rate ({rates})")
 
     intervals, why_not = {}, None
     if unpaired:
@@ -134,7 +142,8 @@ def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float
             missing = baseline_path if sources[0] is None else candidate_path
             why_not = f"the predictions of {missing} are not at hand (--baseline-predictions gives the baseline's)"
         else:
-            intervals = paired_intervals(*sources, model, [n for n in max_drop if n not in UNPAIRABLE], candidate)
+            intervals = paired_intervals(*sources, model, [n for n in max_drop if metrics.metric(n).pairable],
+                                         candidate)
             verdict.notes.append(f"paired: {candidate['rows']} rows matched by id; intervals are 95% paired-bootstrap "
                                  "intervals of the candidate-minus-baseline change")
     if why_not:
@@ -142,23 +151,27 @@ def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float
             raise ConfigError(f"--rule {rule} needs the paired interval, which is not available: {why_not}; use "
                               "--rule point")
         verdict.notes.append(f"no intervals: {why_not}")
-    unpairable = [name for name in max_drop if name in UNPAIRABLE]
+    unpairable = [name for name in max_drop if not metrics.metric(name).pairable]
     if rule != "point" and unpairable:
-        raise ConfigError(f"--rule {rule}: {', '.join(unpairable)} has no per-row values to pair; gate it in a "
-                          "separate compare with --rule point")
+        raise ConfigError(f"--rule {rule}: {', '.join(unpairable)} has no meaningful paired interval (eval/metrics.py: "
+                          "pairable); gate it in a separate compare with --rule point")
     verdict.notes.append(f"rule: {rule}: {RULE_MEANING[rule]}")
 
     for name, limit in max_drop.items():
         before, after = baseline["metrics"][model][name], candidate["metrics"][model][name]
-        worse = (before - after) * metrics.DIRECTION[name]  # > 0: the candidate is worse
+        worse = (before - after) * metrics.metric(name).direction  # > 0: the candidate is worse
         interval = (intervals[name]["ci95_low"], intervals[name]["ci95_high"]) if name in intervals else None
         verdict.checks.append(Check("drop", name, before, after, limit, passes(rule, name, worse, limit, interval),
                                     rule, interval))
-        if require_improvement and name in metrics.REPORTED_DELTAS:
-            verdict.checks.append(improvement(candidate, model, name))
-        elif require_improvement:
-            verdict.notes.append(f"--require-improvement: {name} has no paired test against base in the report "
-                                 f"(tested: {', '.join(metrics.REPORTED_DELTAS)}); only its drop is gated")
+        if require_improvement:
+            tested = improvement(candidate, model, name)
+            if tested:
+                verdict.checks.append(tested)
+            else:
+                verdict.notes.append(f"--require-improvement: {name} has no paired test against base in the report "
+                                     f"(tested: {', '.join(candidate['deltas'][model])}); only its drop is gated")
+    verdict.ungated = [(m.name, baseline["metrics"][model], candidate["metrics"][model])
+                       for m in metrics.flagged("headline") if m.name not in max_drop]
     return verdict
 
 
@@ -176,16 +189,12 @@ def passes(rule: str, name: str, worse: float, limit: float, interval: tuple[flo
     if rule == "point":
         return worse <= limit + tolerance
     low, high = interval
-    higher = metrics.DIRECTION[name] == metrics.HIGHER
+    higher = metrics.metric(name).direction == metrics.HIGHER
     if rule == "significant":
         significantly_worse = high < 0 if higher else low > 0
         return not (worse > limit + tolerance and significantly_worse)
     worst = -low if higher else high  # non-inferior: the largest drop (or rise) the interval admits
     return worst <= limit + tolerance
-
-
-# Metrics that are not a mean or a corpus score over per-example values of the predictions' text.
-UNPAIRABLE = ("hit_max_new_tokens_rate", "median_chars")
 
 
 def different_settings(baseline: dict, candidate: dict) -> list[str]:
@@ -221,39 +230,58 @@ def paired_intervals(baseline_predictions: Path, candidate_predictions: Path, mo
     matched = [(by_id[row["id"]], row) for row in rows[1]]
     references = [b["reference"] for b, _ in matched]
     tokenize, settings = candidate["metric_settings"]["tokenize"], candidate["config"]["score"]
-    scores = [metrics.ExampleScores([pair[i]["prediction"] for pair in matched], references, tokenize)
-              for i in (0, 1)]
+    registry = tuple(metrics.metric(name) for name in names)
+    scores = [metrics.ExampleScores([pair[i]["prediction"] for pair in matched], references, tokenize,
+                                    fields=[pair[i] for pair in matched], registry=registry) for i in (0, 1)]
     return metrics.paired_bootstrap(*scores, names, settings["bootstrap_samples"], settings["seed"]) if names else {}
 
 
-def improvement(candidate: dict, model: str, name: str) -> Check:
+def improvement(candidate: dict, model: str, name: str) -> Check | None:
+    """Whether `model` beats base on `name` in the candidate report's paired test; None when the report has no
+    such test of the metric (not flagged delta, or a report made before it was)."""
     if candidate["reference"] != "base" or model == "base":
         raise ConfigError(f"--require-improvement: the candidate report has no test of {model} against base "
                           f"(its models are tested against {candidate['reference']!r}: score.reference)")
+    if name not in candidate["deltas"][model]:
+        return None
     delta = candidate["deltas"][model][name]
     return Check("improvement", name, candidate["metrics"]["base"][name], candidate["metrics"][model][name],
-                 P_THRESHOLD, delta["delta"] * metrics.DIRECTION[name] > 0 and delta["p_value"] < P_THRESHOLD,
+                 P_THRESHOLD, delta["delta"] * metrics.metric(name).direction > 0 and delta["p_value"] < P_THRESHOLD,
                  f"better than base, p={delta['p_value']:.3f}", (delta["ci95_low"], delta["ci95_high"]))
 
 
 def format_verdict(verdict: Verdict, markdown: bool = False) -> str:
+    """The checks, then the headline metrics not gated (for context; "—" where a report lacks one), then the
+    notes."""
     header = ["check", "baseline", "candidate", "change", "95% interval", "limit", "rule", "result"]
     rows = []
     for check in verdict.checks:
         result = "ok" if check.ok else ("REGRESSED" if check.kind == "drop" else "FAILED")
         interval = f"[{check.interval[0]:+.4f}, {check.interval[1]:+.4f}]" if check.interval else "n/a"
-        worse = "drop" if metrics.DIRECTION[check.metric] == metrics.HIGHER else "rise"
+        worse = "drop" if metrics.metric(check.metric).direction == metrics.HIGHER else "rise"
         what = f"{check.metric} {worse if check.kind == 'drop' else 'vs base'}"
-        change = check.candidate - check.baseline
-        rows.append([what, f"{check.baseline:.4f}", f"{check.candidate:.4f}", f"{change:+.4f}", interval,
-                     f"{check.limit:.4f}", check.rule, result])
+        rows.append([what, f"{check.baseline:.4f}", f"{check.candidate:.4f}",
+                     f"{check.candidate - check.baseline:+.4f}", interval, f"{check.limit:.4f}", check.rule, result])
+    context = [["not gated", "baseline", "candidate", "change"]] + [
+        [name, cell(before, name), cell(after, name), change(before, after, name)]
+        for name, before, after in verdict.ungated]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * 5 + "---|---|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
+        if verdict.ungated:
+            lines += ["", "| " + " | ".join(context[0]) + " |", "|---|---:|---:|---:|"]
+            lines += ["| " + " | ".join(row) + " |" for row in context[1:]]
         lines += [""] + [f"- {note}" for note in verdict.notes]
         lines.append(f"\n**{'PASSED' if verdict.passed else 'FAILED'}**")
         return "\n".join(lines)
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i in (0, 6, 7) else cell.rjust(w) for i, (cell, w) in
-                       enumerate(zip(row, widths))).rstrip() for row in [header] + rows]
+    lines = aligned([header] + rows, left=(0, 6, 7))
+    if verdict.ungated:
+        lines += [""] + aligned(context, left=(0,)) + [""]
     return "\n".join(lines + verdict.notes)
+
+
+def aligned(rows: list[list[str]], left: tuple[int, ...]) -> list[str]:
+    """Plain-text table lines: columns padded to their widest cell, numbers right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(text.ljust(w) if i in left else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths)))
+            .rstrip() for row in rows]

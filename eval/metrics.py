@@ -1,8 +1,15 @@
-"""Metrics: pure functions over lists of strings (predictions and references of one model on the same rows).
+"""Metrics: one definition per metric (REGISTRY), and pure functions over lists of strings that compute them.
 
     scores = ExampleScores(predictions, references, tokenize="ko-mecab")
     scores.metrics()            # every number for all rows       scores.metrics(indices)   # for a subset
     paired_bootstrap(scores_a, scores_b, names, samples, seed)     # b minus a, resampling the same rows
+
+A `Metric` is all the job knows of one metric: name, better direction, per-example function and reduce, range,
+and where it is shown. The report schema, report.md and .png, `run`'s summary, the model card, compare's directions
+and pairing, the tracker keys and the checkpoint table read REGISTRY: a new metric is one entry (and its test).
+Each example is scored once (ROUGE F1s and flags as values, BLEU and chrF as sacrebleu's per-sentence sufficient
+statistics); any subset of rows (a question type, a bootstrap resample) reduces those rows' values, exactly as the
+corpus functions would score that subset.
 
 Which library computes what (README "Metrics" repeats this):
 - ROUGE-1/2/L F1: `rouge_score`, fed the tokens of sacrebleu's tokenizer named by `score.tokenize`: mecab-ko
@@ -10,19 +17,17 @@ Which library computes what (README "Metrics" repeats this):
   tokenizer keeps only [a-z0-9] and silently scores Korean as 0.
 - rougeL_char: `rouge_score` over characters (spaces dropped); a tokenizer-free cross-check.
 - BLEU: sacrebleu, corpus level, with the same tokenizer, and its signature. chrF, chrF++: sacrebleu on raw text.
-- type accuracy, known-label rate, lengths, empty rate: ours.
+- type accuracy, known-label rate, lengths, empty rate, hit-max-new-tokens rate: ours.
 Every text is NFC-normalized first (pipeline/text.py): NFD and NFC spellings of the same text score as equal.
 ROUGE values are in [0, 1]; BLEU and chrF in [0, 100], as each library reports them.
-
-Each example is scored once: ROUGE F1s and flags as per-example values, BLEU and chrF as sacrebleu's
-per-sentence sufficient statistics. Any subset of rows (a question type, a bootstrap resample) is then scored by
-averaging or summing them, exactly as the corpus functions would (BLEU and chrF sum the same statistics).
 """
 
 from __future__ import annotations
 
-import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from rouge_score import rouge_scorer
@@ -32,19 +37,85 @@ from pipeline.text import normalize, split_label
 
 TOKENIZERS = ("ko-mecab", "13a", "intl", "char")
 HIGHER, LOWER, NEITHER = 1, -1, 0
-# Which way is better for each metric: quality metrics rise, failure rates fall, lengths only describe.
-_QUALITY = ("rouge1", "rouge2", "rougeL", "rougeL_char", "bleu", "chrf", "chrfpp")
-DIRECTION = {**{name: HIGHER for name in _QUALITY}, **{f"{name}_question": HIGHER for name in _QUALITY},
-             "type_accuracy": HIGHER, "known_label_rate": HIGHER, "empty_rate": LOWER,
-             "hit_max_new_tokens_rate": LOWER, "mean_chars": NEITHER, "median_chars": NEITHER, "mean_tokens": NEITHER}
-CORPUS = ("bleu", "chrf", "chrfpp")  # scored from summed sufficient statistics; the rest are means over examples
-# The metrics whose paired-bootstrap deltas the report carries for every model against the reference model.
-REPORTED_DELTAS = ("rougeL", "bleu", "chrf", "rougeL_question", "type_accuracy")
+
+
+@dataclass(frozen=True)
+class Rows:
+    """What a per-example function is given: one model's predictions and their references (NFC-normalized), the
+    tokenizer of ROUGE and BLEU, and each prediction row's other fields as the generate stage wrote them
+    (predictions.jsonl: hit_max_new_tokens, ...; empty dicts when only texts are scored)."""
+
+    predictions: list[str]
+    references: list[str]
+    tokenize: str
+    fields: list[dict]
+
+    def questions(self) -> Rows:
+        """The same rows with the "(type)" label removed from every text."""
+        return replace(self, predictions=question_only(self.predictions), references=question_only(self.references))
+
+
+def mean(values: np.ndarray) -> float:
+    return float(values.mean())
+
+
+def median(values: np.ndarray) -> float:
+    return float(np.median(values))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric. Its values are `per_example(rows)`: a number per row (1-D), or a row of sufficient statistics
+    per row (2-D, as corpus BLEU needs; or label codes for a score over labels); the metric of any subset of rows
+    (all, a question type, a bootstrap resample) is `reduce` of those rows' values."""
+
+    name: str  # its key in report.json, in compare's --max-drop and in the trackers
+    direction: int  # HIGHER or LOWER is better; NEITHER: it describes the outputs and cannot be gated
+    per_example: Callable[[Rows], np.ndarray]
+    range: tuple[float | None, float | None]  # the values it can take (None: unbounded); the report schema checks
+    reduce: Callable[[np.ndarray], float] = mean
+    title: str = ""  # its name in prose: the schema's description, plots, the card's model-index
+    format: str = ".4f"  # a value of it in the narrow tables (per question type, per checkpoint)
+    tokenized: bool = False  # computed over score.tokenize's tokens (the card records the tokenizer with it)
+    fields: tuple[str, ...] = ()  # the prediction-row fields it reads: scoring texts alone leaves it out
+    pairable: bool = True  # its paired-bootstrap interval means something (compare's interval rules need one)
+    hub_type: str | None = None  # the Hub's metric type, for the card's model-index; None: not listed there
+    enabled: Callable[[Any], bool] | None = None  # given cfg.score, whether it is computed; None: always
+    # Where it is shown, besides report.json and report.md's table of every metric:
+    headline: bool = False  # `run`'s summary table and the model card's results
+    delta: bool = False  # a paired-bootstrap delta against score.reference in the report (--require-improvement)
+    per_type: bool = False  # the report's table by question type
+    checkpoint: bool = False  # the table by training checkpoint (score.checkpoints)
+    tracked: bool = False  # logged to train.report_to's trackers once scored
+
+    @property
+    def gateable(self) -> bool:
+        return self.direction != NEITHER
+
+
+# sacrebleu's corpus metrics by name, from the tokenizer setting (chrF reads raw text and ignores it).
+SACREBLEU = {"bleu": lambda tokenize: BLEU(tokenize=tokenize), "chrf": lambda tokenize: CHRF(),
+             "chrfpp": lambda tokenize: CHRF(word_order=2)}
 
 
 @lru_cache(maxsize=None)
 def sacrebleu_metric(name: str, tokenize: str):
-    return {"bleu": lambda: BLEU(tokenize=tokenize), "chrf": CHRF, "chrfpp": lambda: CHRF(word_order=2)}[name]()
+    return SACREBLEU[name](tokenize)
+
+
+def sacrebleu_corpus(name: str) -> dict:
+    """`per_example` and `reduce` of a sacrebleu corpus metric: each row's sufficient statistics, and the score of
+    the rows' summed statistics (what corpus_score computes on those rows; the statistics already hold the
+    tokenizer's work, so scoring them needs no tokenizer)."""
+
+    def statistics(rows: Rows) -> np.ndarray:
+        metric = sacrebleu_metric(name, rows.tokenize)
+        return np.array(metric._extract_corpus_statistics(rows.predictions, [rows.references]), dtype=float)
+
+    def score(stats: np.ndarray) -> float:
+        return float(sacrebleu_metric(name, "none")._compute_score_from_stats(list(stats.sum(axis=0))).score)
+
+    return {"per_example": statistics, "reduce": score}
 
 
 class Tokens:
@@ -62,65 +133,19 @@ class Characters:
         return [c for c in text if not c.isspace()]
 
 
-class ExampleScores:
-    """One model's predictions against the references, scored once per example."""
+def rouge(kind: str, characters: bool = False) -> Callable[[Rows], np.ndarray]:
+    """F1 of ROUGE `kind` (rouge1, rouge2, rougeL) per row, over score.tokenize's tokens or over characters."""
 
-    def __init__(self, predictions: list[str], references: list[str], tokenize: str = "ko-mecab"):
-        predictions, references = [normalize(t) for t in predictions], [normalize(t) for t in references]
-        if len(predictions) != len(references):
-            raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-        self.rows, self.predictions, self.tokenize = len(references), predictions, tokenize
-        self.values: dict[str, np.ndarray] = {}  # per-example values whose mean is the metric
-        self.stats: dict[str, np.ndarray] = {}  # per-example sufficient statistics whose sum gives the metric
-        question_predictions, question_references = question_only(predictions), question_only(references)
-        for suffix, preds, refs in (("", predictions, references),
-                                    ("_question", question_predictions, question_references)):
-            for name, values in rouge_per_example(preds, refs, tokenize).items():
-                self.values[name + suffix] = values
-            for name in CORPUS:
-                metric = sacrebleu_metric(name, tokenize)
-                self.stats[name + suffix] = np.array(metric._extract_corpus_statistics(preds, [refs]), dtype=float)
-        known = {split_label(r)[0] for r in references} - {None}
-        predicted, expected = [split_label(p)[0] for p in predictions], [split_label(r)[0] for r in references]
-        self.values["type_accuracy"] = np.array([p is not None and p == e for p, e in zip(predicted, expected)], float)
-        self.values["known_label_rate"] = np.array([p in known for p in predicted], float)
-        self.values["empty_rate"] = np.array([not p.strip() for p in predictions], float)
-        self.values["mean_chars"] = np.array([len(p) for p in predictions], float)
-        tokens = Tokens(tokenize)
-        self.values["mean_tokens"] = np.array([len(tokens.tokenize(p)) for p in predictions], float)
-        self.references = references
+    def f1(rows: Rows) -> np.ndarray:
+        scorer = rouge_scorer.RougeScorer([kind], tokenizer=Characters() if characters else Tokens(rows.tokenize))
+        return np.array([scorer.score(reference, prediction)[kind].fmeasure
+                         for prediction, reference in zip(rows.predictions, rows.references, strict=True)], float)
 
-    def metrics(self, indices=None) -> dict[str, float]:
-        """Every metric over the rows `indices` (all rows by default)."""
-        rows = np.arange(self.rows) if indices is None else np.asarray(indices)
-        result = {name: float(values[rows].mean()) for name, values in self.values.items()}
-        for name, stats in self.stats.items():
-            result[name] = corpus_score(name, stats[rows].sum(axis=0), self.tokenize)
-        result["median_chars"] = float(statistics.median(len(self.predictions[i]) for i in rows))
-        return result
-
-    def resampled(self, name: str, indices: np.ndarray) -> np.ndarray:
-        """Metric `name` on each row of `indices` (resamples x rows): one value per resample."""
-        if name in self.stats:
-            return np.array([corpus_score(name, self.stats[name][idx].sum(axis=0), self.tokenize) for idx in indices])
-        return self.values[name][indices].mean(axis=1)
+    return f1
 
 
-def corpus_score(name: str, summed_stats: np.ndarray, tokenize: str) -> float:
-    metric = sacrebleu_metric(name.removesuffix("_question"), tokenize)
-    return float(metric._compute_score_from_stats(list(summed_stats)).score)
-
-
-def rouge_per_example(predictions: list[str], references: list[str], tokenize: str) -> dict[str, np.ndarray]:
-    """F1 of ROUGE-1/2/L over `tokenize`'s tokens and ROUGE-L over characters, one value per example."""
-    words = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=Tokens(tokenize))
-    characters = rouge_scorer.RougeScorer(["rougeL"], tokenizer=Characters())
-    scores = {"rouge1": [], "rouge2": [], "rougeL": [], "rougeL_char": []}
-    for prediction, reference in zip(predictions, references, strict=True):
-        for name, score in words.score(reference, prediction).items():
-            scores[name].append(score.fmeasure)
-        scores["rougeL_char"].append(characters.score(reference, prediction)["rougeL"].fmeasure)
-    return {name: np.array(values, dtype=float) for name, values in scores.items()}
+def labels(texts: list[str]) -> list[str | None]:
+    return [split_label(t)[0] for t in texts]
 
 
 def question_only(texts: list[str]) -> list[str]:
@@ -128,21 +153,153 @@ def question_only(texts: list[str]) -> list[str]:
     return [split_label(t)[1] for t in texts]
 
 
+def same_type(rows: Rows) -> np.ndarray:
+    """1 where the prediction's "(type)" label is the reference's."""
+    return np.array([p is not None and p == e for p, e in zip(labels(rows.predictions), labels(rows.references))],
+                    float)
+
+
+def known_type(rows: Rows) -> np.ndarray:
+    """1 where the prediction's label is one the references use (anywhere in the test rows)."""
+    known = set(labels(rows.references)) - {None}
+    return np.array([p in known for p in labels(rows.predictions)], float)
+
+
+def empty(rows: Rows) -> np.ndarray:
+    return np.array([not p.strip() for p in rows.predictions], float)
+
+
+def characters(rows: Rows) -> np.ndarray:
+    return np.array([len(p) for p in rows.predictions], float)
+
+
+def tokens(rows: Rows) -> np.ndarray:
+    split = Tokens(rows.tokenize)
+    return np.array([len(split.tokenize(p)) for p in rows.predictions], float)
+
+
+def hit_max_new_tokens(rows: Rows) -> np.ndarray:
+    return np.array([row["hit_max_new_tokens"] for row in rows.fields], float)
+
+
+def metric(name: str) -> Metric | None:
+    return next((m for m in REGISTRY if m.name == name), None)
+
+
+def flagged(flag: str) -> tuple[Metric, ...]:
+    """The registry's metrics shown where `flag` (headline, delta, per_type, checkpoint, tracked) says."""
+    return tuple(m for m in REGISTRY if getattr(m, flag))
+
+
+def enabled(score_cfg) -> tuple[Metric, ...]:
+    """The metrics the score stage computes under this config (cfg.score)."""
+    return tuple(m for m in REGISTRY if m.enabled is None or m.enabled(score_cfg))
+
+
+def on_questions(name: str, **shown) -> Metric:
+    """Metric `name` of the question alone (the "(type)" label removed from prediction and reference), named
+    `<name>_question`; shown where `shown` says (nowhere by default)."""
+    whole = metric(name)
+    where = {"hub_type": None, "headline": False, "delta": False, "per_type": False, "checkpoint": False,
+             "tracked": False}
+    return replace(whole, name=f"{name}_question", per_example=lambda rows: whole.per_example(rows.questions()),
+                   title=f"{whole.title} of the question without its label", **{**where, **shown})
+
+
+ZERO_ONE, ZERO_HUNDRED, NON_NEGATIVE = (0, 1), (0, 100), (0, None)
+# Order: how the report, its tables and the card list them.
+REGISTRY: tuple[Metric, ...] = (
+    Metric("rougeL", HIGHER, rouge("rougeL"), ZERO_ONE, title="ROUGE-L F1", tokenized=True, hub_type="rouge",
+           headline=True, delta=True, per_type=True, checkpoint=True, tracked=True),
+    Metric("rouge1", HIGHER, rouge("rouge1"), ZERO_ONE, title="ROUGE-1 F1", tokenized=True, hub_type="rouge",
+           headline=True),
+    Metric("rouge2", HIGHER, rouge("rouge2"), ZERO_ONE, title="ROUGE-2 F1", tokenized=True, hub_type="rouge",
+           headline=True),
+    Metric("rougeL_char", HIGHER, rouge("rougeL", characters=True), ZERO_ONE, title="ROUGE-L F1 over characters",
+           hub_type="rouge", headline=True),
+    Metric("bleu", HIGHER, range=ZERO_HUNDRED, **sacrebleu_corpus("bleu"), title="BLEU", format=".2f",
+           tokenized=True, hub_type="bleu", headline=True, delta=True, per_type=True, checkpoint=True, tracked=True),
+    Metric("chrf", HIGHER, range=ZERO_HUNDRED, **sacrebleu_corpus("chrf"), title="chrF", format=".2f",
+           hub_type="chrf", headline=True, delta=True, per_type=True, checkpoint=True, tracked=True),
+    Metric("chrfpp", HIGHER, range=ZERO_HUNDRED, **sacrebleu_corpus("chrfpp"), title="chrF++", format=".2f",
+           hub_type="chrf", headline=True),
+)
+REGISTRY += (
+    on_questions("rougeL", hub_type="rouge", headline=True, delta=True),
+    on_questions("rouge1"),
+    on_questions("rouge2"),
+    on_questions("rougeL_char"),
+    on_questions("bleu", headline=True),
+    on_questions("chrf"),
+    on_questions("chrfpp"),
+    Metric("type_accuracy", HIGHER, same_type, ZERO_ONE, title="question-type accuracy", format=".3f",
+           hub_type="accuracy", headline=True, delta=True, per_type=True, checkpoint=True, tracked=True),
+    Metric("known_label_rate", HIGHER, known_type, ZERO_ONE, title="share of outputs with a known question type",
+           format=".3f", headline=True, per_type=True),
+    Metric("hit_max_new_tokens_rate", LOWER, hit_max_new_tokens, ZERO_ONE, fields=("hit_max_new_tokens",),
+           title="share of outputs cut at generate.max_new_tokens", format=".3f", headline=True),
+    Metric("empty_rate", LOWER, empty, ZERO_ONE, title="share of empty outputs", format=".3f", headline=True,
+           tracked=True),
+    Metric("mean_chars", NEITHER, characters, NON_NEGATIVE, title="mean characters per output", format=".1f",
+           headline=True),
+    # A median of integer lengths jumps between a few values when resampled: its interval would say little.
+    Metric("median_chars", NEITHER, characters, NON_NEGATIVE, reduce=median, title="median characters per output",
+           format=".1f", pairable=False),
+    Metric("mean_tokens", NEITHER, tokens, NON_NEGATIVE, title="mean tokens per output", format=".1f",
+           tokenized=True),
+)
+# The metrics the narrow tables by question type show (report.md, the card); report.png plots the first.
+FEATURED = ("rougeL", "type_accuracy")
+
+
+class ExampleScores:
+    """One model's predictions against the references, each metric scored once per example.
+
+    `fields`: the prediction rows (predictions.jsonl), for the metrics that read more than the text; without them
+    those metrics are left out. `registry`: the metrics to compute (default: every one that is always on)."""
+
+    def __init__(self, predictions: list[str], references: list[str], tokenize: str = "ko-mecab",
+                 fields: list[dict] | None = None, registry: tuple[Metric, ...] | None = None):
+        if len(predictions) != len(references) or (fields is not None and len(fields) != len(references)):
+            raise ValueError(f"{len(predictions)} predictions ({len(fields or ())} rows) for {len(references)} "
+                             "references")
+        rows = Rows([normalize(t) for t in predictions], [normalize(t) for t in references], tokenize,
+                    list(fields) if fields is not None else [{}] * len(references))
+        registry = tuple(m for m in REGISTRY if m.enabled is None) if registry is None else registry
+        self.rows, self.references, self.tokenize = len(references), rows.references, tokenize
+        self.computed = {m.name: m for m in registry if all(f in row for row in rows.fields for f in m.fields)}
+        self.values = {name: m.per_example(rows) for name, m in self.computed.items()}
+
+    def metrics(self, indices=None) -> dict[str, float]:
+        """Every metric over the rows `indices` (all rows by default)."""
+        rows = np.arange(self.rows) if indices is None else np.asarray(indices)
+        return {name: m.reduce(self.values[name][rows]) for name, m in self.computed.items()}
+
+    def resampled(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """Metric `name` on each row of `indices` (resamples x rows): one value per resample."""
+        metric, values = self.computed[name], self.values[name]
+        if metric.reduce is mean:  # all resamples in one vectorized mean
+            return values[indices].mean(axis=1)
+        return np.array([metric.reduce(values[resample]) for resample in indices])
+
+
 def signatures(tokenize: str) -> dict[str, str]:
     """sacrebleu's reproducibility signatures of BLEU, chrF and chrF++ as configured (one reference per row)."""
     result = {}
-    for name in CORPUS:
-        metric = sacrebleu_metric(name, tokenize)
-        metric.corpus_score(["a"], [["a"]])  # the signature records the reference count, known after scoring
-        result[name] = str(metric.get_signature())
+    for name in SACREBLEU:
+        scorer = sacrebleu_metric(name, tokenize)
+        scorer.corpus_score(["a"], [["a"]])  # the signature records the reference count, known after scoring
+        result[name] = str(scorer.get_signature())
     return result
 
 
-def per_type(scores: ExampleScores, names=("rougeL", "bleu", "chrf", "type_accuracy", "known_label_rate")) -> dict:
-    """The main metrics grouped by the reference's question type, largest group first."""
+def per_type(scores: ExampleScores, names: list[str] | None = None) -> dict:
+    """The per-type metrics (default: those flagged per_type) grouped by the reference's question type, largest
+    group first."""
+    names = [name for name, m in scores.computed.items() if m.per_type] if names is None else names
     groups: dict[str, list[int]] = {}
-    for index, reference in enumerate(scores.references):
-        groups.setdefault(split_label(reference)[0] or "(no label)", []).append(index)
+    for index, label in enumerate(labels(scores.references)):
+        groups.setdefault(label or "(no label)", []).append(index)
     table = {}
     for label, indices in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
         subset = scores.metrics(indices)
@@ -150,9 +307,10 @@ def per_type(scores: ExampleScores, names=("rougeL", "bleu", "chrf", "type_accur
     return table
 
 
-def paired_bootstrap(a: ExampleScores, b: ExampleScores, names=REPORTED_DELTAS, samples: int = 1000,
+def paired_bootstrap(a: ExampleScores, b: ExampleScores, names: list[str] | None = None, samples: int = 1000,
                      seed: int = 12345) -> dict[str, dict[str, float]]:
-    """b minus a for each metric, resampling the same row indices for both (they must score the same rows).
+    """b minus a for each metric (default: those flagged delta), resampling the same row indices for both (they
+    must score the same rows).
 
     Per metric: delta (on all rows), the 95% percentile interval of the resampled deltas, and a one-sided p-value
     for "b is not better" (the share of resamples in which b is not better in the metric's direction, add-one
@@ -161,13 +319,14 @@ def paired_bootstrap(a: ExampleScores, b: ExampleScores, names=REPORTED_DELTAS, 
     """
     if a.references != b.references:
         raise ValueError("paired bootstrap needs both models scored on the same references")
+    names = [name for name, m in a.computed.items() if m.delta] if names is None else names
     indices = np.random.default_rng(seed).integers(0, a.rows, size=(samples, a.rows))
     full_a, full_b = a.metrics(), b.metrics()
     result = {}
     for name in names:
         deltas = b.resampled(name, indices) - a.resampled(name, indices)
         low, high = np.percentile(deltas, [2.5, 97.5])
-        not_better = np.sum(deltas * (DIRECTION[name] or 1) <= 0)
+        not_better = np.sum(deltas * (a.computed[name].direction or 1) <= 0)
         result[name] = {"delta": full_b[name] - full_a[name], "ci95_low": float(low), "ci95_high": float(high),
                         "p_value": float((not_better + 1) / (samples + 1))}
     return result

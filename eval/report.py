@@ -11,21 +11,53 @@ from pathlib import Path
 
 import jsonschema
 
+from eval import metrics
 from pipeline.stage import atomic_path, write_json_atomic, write_text_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 SCHEMA_VERSION = "3.0"
-# The headline rows of report.md and of `run`'s summary table.
-MAIN_METRICS = ("rougeL", "rouge1", "rouge2", "rougeL_char", "bleu", "chrf", "chrfpp", "rougeL_question",
-                "bleu_question", "type_accuracy", "known_label_rate", "hit_max_new_tokens_rate", "empty_rate",
-                "mean_chars")
+MISSING = "—"  # in a table: a metric the report lacks (made by another version, or not enabled there)
 # English names for the plot (matplotlib's default font has no Hangul); unknown labels become "type N".
 TYPE_NAMES = {"의미 명확히 하기": "clarity", "가정 살펴보기": "assumptions", "이유와 근거 묻기": "reasons/evidence",
               "함의와 결과 따져보기": "implications", "다른 관점 생각하기": "alt. viewpoints"}
 
 
-def validate(report: dict) -> None:
-    jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+def schema(complete: bool = True) -> dict:
+    """report.schema.json with its metric names filled in from the registry: each metric's range, and (complete)
+    the metrics, deltas, per-type and checkpoint values every report of this version has. A reader of reports
+    made by other versions asks for complete=False: a metric missing there is handled by name where it is used."""
+    result = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    defs = result["$defs"]
+    defs["model_metrics"]["properties"] = {m.name: {"type": "number", "description": m.title, **bounds(m.range)}
+                                           for m in metrics.REGISTRY}
+    if complete:
+        always = [m for m in metrics.REGISTRY if m.enabled is None]
+        defs["model_metrics"]["required"] = [m.name for m in always]
+        for key, flag in (("model_deltas", "delta"), ("type_row", "per_type"), ("checkpoint", "checkpoint")):
+            defs[key]["required"] += [m.name for m in always if getattr(m, flag)]
+    return result
+
+
+def bounds(values: tuple[float | None, float | None]) -> dict:
+    """A metric's range as schema bounds, widened by float noise (the BLEU of identical texts can be
+    100.00000000000004): they check its scale, not its last digit."""
+    slack = 1e-9 * max(abs(v) for v in (*values, 1) if v is not None)
+    return {bound: value + sign * slack
+            for bound, value, sign in (("minimum", values[0], -1), ("maximum", values[1], 1)) if value is not None}
+
+
+def validate(report: dict, complete: bool = True) -> None:
+    jsonschema.validate(report, schema(complete))
+
+
+def cell(values: dict, name: str, spec: str = ".4f") -> str:
+    """A metric's value as the tables show it: MISSING where `values` (one model's metrics) has none."""
+    return format(values[name], spec) if name in values else MISSING
+
+
+def change(before: dict, after: dict, name: str) -> str:
+    """after minus before, as the tables show it; MISSING unless both have the metric."""
+    return f"{after[name] - before[name]:+.4f}" if name in before and name in after else MISSING
 
 
 def write_report(report: dict, output_dir: Path) -> dict[str, Path]:
@@ -47,8 +79,9 @@ def summary_table(report: dict) -> str:
     """Plain-text table of the headline metrics per model, and each model's paired delta against the reference."""
     models = compared_models(report)
     lines = [f"{'metric':<26}" + "".join(f"{name[:12]:>13}" for name in models)]
-    for metric in MAIN_METRICS:
-        lines.append(f"{metric:<26}" + "".join(f"{report['metrics'][name][metric]:>13.4f}" for name in models))
+    for metric in metrics.flagged("headline"):
+        lines.append(f"{metric.name:<26}" + "".join(f"{cell(report['metrics'][name], metric.name):>13}"
+                                                    for name in models))
     lines += ["", f"paired bootstrap against {report['reference']}: delta [95% interval] p"]
     for name, deltas in report["deltas"].items():
         if name in models:
@@ -75,10 +108,9 @@ def markdown(report: dict) -> str:
         "model's value and its difference from base.", "",
         "| metric | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models),
     ]
-    for metric in report["metrics"]["base"]:
-        base = report["metrics"]["base"][metric]
-        cells = [f"{base:.4f}"] + [f"{report['metrics'][m][metric]:.4f} ({report['metrics'][m][metric] - base:+.4f})"
-                                   for m in models[1:]]
+    values = [report["metrics"][m] for m in models]
+    for metric in (m.name for m in metrics.REGISTRY if any(m.name in v for v in values)):
+        cells = [cell(values[0], metric)] + [f"{cell(v, metric)} ({change(values[0], v, metric)})" for v in values[1:]]
         out.append(f"| {metric} | " + " | ".join(cells) + " |")
     out += ["", f"## Paired bootstrap against {reference}", "",
             f"{cfg['score']['bootstrap_samples']} resamples of the same rows, seed {cfg['score']['seed']}; p is "
@@ -88,17 +120,19 @@ def markdown(report: dict) -> str:
         for metric, d in deltas.items():
             out.append(f"| {name} | {metric} | {d['delta']:+.4f} | [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}] | "
                        f"{d['p_value']:.3f} |")
-    out += ["", "## By question type (reference label): ROUGE-L and type accuracy", "",
-            "| type | rows | " + " | ".join(f"{m} ROUGE-L | {m} type acc." for m in models) + " |",
-            "|---|---:|" + "---:|---:|" * len(models)]
+    featured = [metrics.metric(name) for name in metrics.FEATURED]
+    out += ["", f"## By question type (reference label): {' and '.join(m.title for m in featured)}", "",
+            "| type | rows | " + " | ".join(f"{model} {m.name}" for model in models for m in featured) + " |",
+            "|---|---:|" + "---:|" * len(featured) * len(models)]
     for label, base in report["per_type"]["base"].items():
-        cells = " | ".join(f"{report['per_type'][m][label]['rougeL']:.4f} | "
-                           f"{report['per_type'][m][label]['type_accuracy']:.3f}" for m in models)
+        cells = " | ".join(cell(report["per_type"][model][label], m.name, m.format)
+                           for model in models for m in featured)
         out.append(f"| {label} | {base['rows']} | {cells} |")
     if report["checkpoints"]:
-        out += ["", "## Training checkpoints", "", "| step | ROUGE-L | BLEU | chrF | type acc. |",
-                "|---:|---:|---:|---:|---:|"]
-        out += [f"| {c['step']} | {c['rougeL']:.4f} | {c['bleu']:.2f} | {c['chrf']:.2f} | {c['type_accuracy']:.3f} |"
+        shown = metrics.flagged("checkpoint")
+        out += ["", "## Training checkpoints", "", "| step | " + " | ".join(m.name for m in shown) + " |",
+                "|---:|" + "---:|" * len(shown)]
+        out += [f"| {c['step']} | " + " | ".join(cell(c, m.name, m.format) for m in shown) + " |"
                 for c in report["checkpoints"]]
     if train:
         first, last = (train["loss_curve"][0][1], train["loss_curve"][-1][1]) if train["loss_curve"] else (None, None)
@@ -132,7 +166,8 @@ def provenance_line(provenance: dict) -> str:
 
 
 def write_png(report: dict, path: Path) -> None:
-    """Training loss, ROUGE-L per saved checkpoint (where quality peaked), ROUGE-L per question type and model."""
+    """Training loss, the first featured metric (ROUGE-L) per saved checkpoint (where quality peaked) and per
+    question type and model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,23 +178,24 @@ def write_png(report: dict, path: Path) -> None:
     loss_ax.plot([s for s, _ in curve], [v for _, v in curve], marker=".")
     loss_ax.set(title="Training loss", xlabel="step", ylabel="loss")
     loss_ax.grid(alpha=0.3)
-    points = report["checkpoints"]
-    step_ax.plot([c["step"] for c in points], [c["rougeL"] for c in points], marker="o", label="checkpoints")
-    step_ax.axhline(report["metrics"]["base"]["rougeL"], color="gray", linestyle="--", label="base")
-    step_ax.set(title="ROUGE-L by training step" if points else "ROUGE-L by step (score.checkpoints: off)",
-                xlabel="step", ylabel="ROUGE-L F1")
+    plotted = metrics.metric(metrics.FEATURED[0])
+    points = [c for c in report["checkpoints"] if plotted.name in c]
+    step_ax.plot([c["step"] for c in points], [c[plotted.name] for c in points], marker="o", label="checkpoints")
+    step_ax.axhline(report["metrics"]["base"][plotted.name], color="gray", linestyle="--", label="base")
+    step_ax.set(title=f"{plotted.title} by training step" if points else
+                f"{plotted.title} by step (score.checkpoints: off)", xlabel="step", ylabel=plotted.title)
     step_ax.grid(alpha=0.3)
     step_ax.legend()
     models = compared_models(report)
     labels = list(report["per_type"]["base"])
     width = 0.8 / len(models)
     for offset, model in enumerate(models):
-        values = [report["per_type"][model][label]["rougeL"] for label in labels]
+        values = [report["per_type"][model][label][plotted.name] for label in labels]
         type_ax.bar([p + (offset - (len(models) - 1) / 2) * width for p in range(len(labels))], values, width=width,
                     label=model)
     type_ax.set_xticks(list(range(len(labels))), [TYPE_NAMES.get(label, f"type {i + 1}")
                                                   for i, label in enumerate(labels)], rotation=20, ha="right")
-    type_ax.set(title="ROUGE-L by question type", ylabel="ROUGE-L F1")
+    type_ax.set(title=f"{plotted.title} by question type", ylabel=plotted.title)
     type_ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:

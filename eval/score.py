@@ -53,14 +53,13 @@ def score(cfg: Config, output_dir: Path) -> Path:
         raise ConfigError(f"score.reference: {cfg.score.reference!r} is not among the models of "
                           f"{predictions_path} ({', '.join(names)})")
 
-    scores = {name: metrics.ExampleScores([r["prediction"] for r in model_rows], references, cfg.score.tokenize)
+    registry = metrics.enabled(cfg.score)
+    scores = {name: metrics.ExampleScores([r["prediction"] for r in model_rows], references, cfg.score.tokenize,
+                                          fields=model_rows, registry=registry)
               for name, model_rows in rows.items()}
-    per_model = {name: {**s.metrics(), "hit_max_new_tokens_rate": float(np.mean([r["hit_max_new_tokens"]
-                                                                                  for r in rows[name]]))}
-                 for name, s in scores.items()}
+    per_model = {name: s.metrics() for name, s in scores.items()}
     reference = scores[cfg.score.reference]
-    deltas = {name: metrics.paired_bootstrap(reference, s, metrics.REPORTED_DELTAS, cfg.score.bootstrap_samples,
-                                             cfg.score.seed)
+    deltas = {name: metrics.paired_bootstrap(reference, s, None, cfg.score.bootstrap_samples, cfg.score.seed)
               for name, s in scores.items() if name != cfg.score.reference}
     shown = [n for n in names if not CHECKPOINT_NAME.fullmatch(n)]
     picks = sorted(set(np.linspace(0, len(references) - 1, num=min(cfg.score.num_examples, len(references)))
@@ -94,28 +93,32 @@ def score(cfg: Config, output_dir: Path) -> Path:
     report["stage_seconds"]["score"] = round(time.perf_counter() - started, 1)
     write_report(report, output_dir)
     if cfg.train.report_to and train_summary.get("trackers"):  # into the runs training logged to
-        tracking.log_final_metrics(train_summary["trackers"], {f"eval/{name}/{metric}": per_model[name][metric]
-                                                               for name in shown for metric in TRACKED},
+        tracking.log_final_metrics(train_summary["trackers"], tracked_values(per_model, shown),
                                    step=train_summary.get("steps") or 0)
     log.info("score: %s", report_path)
     return report_path
 
 
-CHECKPOINT_METRICS = ("rougeL", "bleu", "chrf", "type_accuracy")
-TRACKED = ("rougeL", "bleu", "chrf", "type_accuracy", "empty_rate")
 TRAIN_FIELDS = ("steps", "loss_curve", "validation_loss", "trainable_parameters", "adapted_modules",
                 "examples_per_second", "tokens_per_second", "peak_memory", "trackers")
 
 
+def tracked_values(per_model: dict, models: list[str]) -> dict[str, float]:
+    """The metrics flagged `tracked` of each of `models`, under the trackers' keys: eval/<model>/<metric>."""
+    return {f"eval/{name}/{m.name}": per_model[name][m.name]
+            for name in models for m in metrics.flagged("tracked") if m.name in per_model[name]}
+
+
 def checkpoint_points(cfg: Config, names: list[str], per_model: dict, train_summary: dict) -> list[dict]:
-    """With score.checkpoints: the headline metrics per saved step, the last step being the tuned adapter itself
-    (its checkpoint holds the same weights, so it is not generated twice)."""
+    """With score.checkpoints: the metrics flagged `checkpoint` per saved step, the last step being the tuned
+    adapter itself (its checkpoint holds the same weights, so it is not generated twice)."""
     if not cfg.score.checkpoints:
         return []
     points = [(int(name.split("-")[1]), name) for name in names if CHECKPOINT_NAME.fullmatch(name)]
     if train_summary.get("steps"):
         points.append((train_summary["steps"], "tuned"))
-    return [{"step": step, "model": name, **{k: per_model[name][k] for k in CHECKPOINT_METRICS}}
+    shown = [m.name for m in metrics.flagged("checkpoint")]
+    return [{"step": step, "model": name, **{k: per_model[name][k] for k in shown if k in per_model[name]}}
             for step, name in sorted(points)]
 
 

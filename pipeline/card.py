@@ -21,6 +21,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from eval import metrics
+from eval.report import cell, change
 from pipeline.config import EMBEDDED_GEMMA_270M, Config, ModelConfig
 from pipeline.models import is_local_source
 from pipeline.prompt import PROMPT_TEMPLATE
@@ -32,15 +34,6 @@ HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
 # The language of the text, where the metrics' tokenizer says it (mecab-ko only tokenizes Korean).
 LANGUAGE = {"ko-mecab": "ko"}
 TASK = ("text-generation", "Socratic question generation")
-# The tuned model's metrics in the model-index: report key -> (the Hub's metric id, the name shown).
-INDEX_METRICS = {
-    "rougeL": ("rouge", "ROUGE-L F1"), "rouge1": ("rouge", "ROUGE-1 F1"), "rouge2": ("rouge", "ROUGE-2 F1"),
-    "rougeL_char": ("rouge", "ROUGE-L F1 over characters"), "bleu": ("bleu", "BLEU"), "chrf": ("chrf", "chrF"),
-    "chrfpp": ("chrf", "chrF++"), "rougeL_question": ("rouge", "ROUGE-L F1 of the question without its label"),
-    "type_accuracy": ("accuracy", "question-type accuracy"),
-}
-TOKENIZED = ("rougeL", "rouge1", "rouge2", "bleu", "rougeL_question")  # scored over score.tokenize's tokens
-RESULT_ROWS = (*INDEX_METRICS, "known_label_rate", "empty_rate", "hit_max_new_tokens_rate", "mean_chars")
 
 
 def hub_base_model(model_cfg: ModelConfig) -> str | None:
@@ -132,15 +125,16 @@ def dataset_name(source: str) -> str:
 
 
 def eval_results(cfg: Config, report: dict, test_data: str) -> list[EvalResult]:
-    """The tuned model's test metrics, exactly as report.json has them. The dataset's revision is data.revision for
-    a Hub dataset, else the sha256 of the test rows scored (report.json's test_set)."""
+    """The tuned model's test metrics that have a Hub metric type (the registry's hub_type), exactly as report.json
+    has them. The dataset's revision is data.revision for a Hub dataset, else the sha256 of the test rows scored
+    (report.json's test_set)."""
     tuned = report["metrics"]["tuned"]
     return [EvalResult(task_type=TASK[0], task_name=TASK[1], dataset_type=test_data,
                        dataset_name=f"{test_data} (test split, {report['rows']} rows)", dataset_split="test",
-                       dataset_revision=cfg.data.revision or report["test_set"]["sha256"], metric_type=metric_id,
-                       metric_name=pretty, metric_config=key, metric_value=tuned[key],
-                       metric_args={"tokenize": cfg.score.tokenize} if key in TOKENIZED else None)
-            for key, (metric_id, pretty) in INDEX_METRICS.items()]
+                       dataset_revision=cfg.data.revision or report["test_set"]["sha256"], metric_type=m.hub_type,
+                       metric_name=m.title, metric_config=m.name, metric_value=tuned[m.name],
+                       metric_args={"tokenize": cfg.score.tokenize} if m.tokenized else None)
+            for m in metrics.REGISTRY if m.hub_type and m.name in tuned]
 
 
 def intro(cfg: Config, base: str | None, merged: dict | None) -> str:
@@ -213,18 +207,21 @@ def results_section(report: dict) -> list[str]:
            "ROUGE and accuracies in [0, 1], BLEU and chrF in [0, 100]. `_question`: without the `(type)` label.", "",
            f"| metric | base | tuned | difference | paired delta vs {report['reference']} [95% interval] | p |",
            "|---|---:|---:|---:|---|---:|"]
-    for key in RESULT_ROWS:
+    for key in (m.name for m in metrics.flagged("headline")):
         d = deltas.get(key)
         paired = f"{d['delta']:+.4f} [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}] | {d['p_value']:.3f}" if d \
             else " | "
-        out.append(f"| {key} | {base[key]:.4f} | {tuned[key]:.4f} | {tuned[key] - base[key]:+.4f} | {paired} |")
+        out.append(f"| {key} | {cell(base, key)} | {cell(tuned, key)} | {change(base, tuned, key)} | {paired} |")
+    featured = [metrics.metric(name) for name in metrics.FEATURED]
     out += ["", "### By question type (reference label)", "",
-            "| type | rows | base ROUGE-L | tuned ROUGE-L | base type acc. | tuned type acc. |",
-            "|---|---:|---:|---:|---:|---:|"]
+            "| type | rows | " + " | ".join(f"{model} {m.name}" for m in featured for model in ("base", "tuned"))
+            + " |",
+            "|---|---:|" + "---:|---:|" * len(featured)]
     for label, row in report["per_type"]["base"].items():
         other = report["per_type"]["tuned"][label]
-        out.append(f"| {label} | {row['rows']} | {row['rougeL']:.4f} | {other['rougeL']:.4f} | "
-                   f"{row['type_accuracy']:.3f} | {other['type_accuracy']:.3f} |")
+        out.append(f"| {label} | {row['rows']} | " + " | ".join(f"{cell(row, m.name, m.format)} | "
+                                                                f"{cell(other, m.name, m.format)}" for m in featured)
+                   + " |")
     return out
 
 

@@ -101,3 +101,13 @@ def test_a_user_adapter_is_scored_without_writing_into_its_folder(carded, hub_na
                  f"output.dir={tmp_path / 'out'}", f"model.adapter={theirs}", "generate.max_new_tokens=4",
                  "score.bootstrap_samples=50"]) == 0
     assert {p.name: p.read_bytes() for p in theirs.iterdir()} == before
+
+
+def test_a_report_without_a_metric_shows_a_dash_in_the_card():
+    """A report made before a metric was added: the card lists what it has and "—" for the rest."""
+    report = json.loads((ROOT / "examples" / "baseline-report.json").read_text(encoding="utf-8"))
+    del report["metrics"]["tuned"]["chrfpp"], report["per_type"]["tuned"]["가정 살펴보기"]["type_accuracy"]
+    parsed = ModelCard(str(card.model_card(load_config(ROOT / "configs" / "demo.yaml"), report)))
+    assert f"| chrfpp | {report['metrics']['base']['chrfpp']:.4f} | — | — |  |  |" in parsed.text
+    assert "chrfpp" not in indexed_metrics(parsed) and "chrf" in indexed_metrics(parsed)
+    assert next(line for line in parsed.text.splitlines() if line.startswith("| 가정 살펴보기 |")).endswith(" | — |")

@@ -1,5 +1,6 @@
 """Metrics against numbers computed by hand from tokens written out here, not produced by our tokenizer."""
 
+import json
 import math
 import unicodedata
 
@@ -8,6 +9,7 @@ import pytest
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import CHRF
 
+from conftest import ROOT
 from eval import metrics
 from pipeline.text import split_label
 
@@ -114,11 +116,68 @@ def test_per_type_groups_by_reference_label():
         scores([PREDICTIONS[0], REFERENCES[0]], [REFERENCES[0], REFERENCES[0]])["rougeL"])
 
 
-def test_every_metric_has_a_direction():
-    names = set(metrics.ExampleScores(PREDICTIONS, REFERENCES).metrics()) | {"hit_max_new_tokens_rate"}
-    assert names == set(metrics.DIRECTION)
-    assert metrics.DIRECTION["empty_rate"] == metrics.LOWER and metrics.DIRECTION["bleu"] == metrics.HIGHER
-    assert metrics.DIRECTION["mean_chars"] == metrics.NEITHER
+def test_the_registry_names_each_metric_once_with_its_direction():
+    names = [m.name for m in metrics.REGISTRY]
+    assert len(names) == len(set(names))
+    text_only = metrics.ExampleScores(PREDICTIONS, REFERENCES).metrics()
+    assert list(text_only) == [m.name for m in metrics.REGISTRY if not m.fields]  # the registry's order
+    rows = [{"hit_max_new_tokens": False}] * len(PREDICTIONS)
+    assert list(metrics.ExampleScores(PREDICTIONS, REFERENCES, fields=rows).metrics()) == names
+    assert metrics.metric("empty_rate").direction == metrics.LOWER and metrics.metric("bleu").direction == metrics.HIGHER
+    assert metrics.metric("mean_chars").direction == metrics.NEITHER and not metrics.metric("mean_chars").gateable
+    assert metrics.metric("no_such_metric") is None
+    assert set(metrics.FEATURED) <= {m.name for m in metrics.flagged("per_type")}
+
+
+def test_label_metrics_by_hand():
+    """References A, A, B, B; predictions A (right), B (a known label, wrong), C (unknown), none."""
+    got = scores(["(A) 가?", "(B) 가?", "(C) 가?", "가?"], ["(A) 가?", "(A) 가?", "(B) 가?", "(B) 가?"])
+    assert got["type_accuracy"] == pytest.approx(1 / 4) and got["known_label_rate"] == pytest.approx(2 / 4)
+    assert got["rougeL_question"] == 1.0 and got["rougeL"] < 1.0
+
+
+def test_character_and_token_metrics_by_hand():
+    """나는 집에 간다. (9 characters) and 오늘 나는 학교에 간다. (13) against 나는 학교에 간다.
+    rougeL_char, spaces dropped: 나는집에간다. (7) vs 나는학교에간다. (8): LCS 나는에간다. = 6;
+    오늘나는학교에간다. (10) vs 나는학교에간다. (8): LCS 8.
+    ko-mecab tokens: 나 는 집 에 간다 . (6) and 오늘 나 는 학교 에 간다 . (7)."""
+    got = scores(["나는 집에 간다.", "오늘 나는 학교에 간다."], ["나는 학교에 간다.", "나는 학교에 간다."])
+    f1 = lambda p, r: 2 * p * r / (p + r)  # noqa: E731
+    assert got["rougeL_char"] == pytest.approx((f1(6 / 7, 6 / 8) + f1(8 / 10, 1)) / 2)
+    assert got["mean_tokens"] == pytest.approx((6 + 7) / 2)
+    assert got["mean_chars"] == pytest.approx((9 + 13) / 2) and got["median_chars"] == pytest.approx(11)
+
+
+def test_hit_max_new_tokens_rate_comes_from_the_prediction_rows():
+    rows = [{"hit_max_new_tokens": flag} for flag in (True, False, False, True)]
+    got = metrics.ExampleScores(PREDICTIONS, REFERENCES, fields=rows)
+    assert got.metrics()["hit_max_new_tokens_rate"] == 0.5 and got.metrics([0, 1, 2])["hit_max_new_tokens_rate"] == \
+        pytest.approx(1 / 3)
+    assert "hit_max_new_tokens_rate" not in metrics.ExampleScores(PREDICTIONS, REFERENCES).metrics()
+
+
+def test_resampled_values_are_each_resamples_metric():
+    """The vectorized mean, a corpus score and the median: each resample scores like that subset."""
+    example_scores = metrics.ExampleScores(PREDICTIONS, REFERENCES)
+    indices = np.array([[0, 0, 1, 3], [2, 3, 3, 1]])
+    for name in ("rougeL", "bleu", "median_chars"):
+        assert list(example_scores.resampled(name, indices)) == [example_scores.metrics(i)[name] for i in indices]
+
+
+def test_the_committed_baseline_report_is_recomputed_to_the_last_digit():
+    """examples/baseline-report.json's metrics, deltas and per-type tables from its own predictions."""
+    report = json.loads((ROOT / "examples" / "baseline-report.json").read_text(encoding="utf-8"))
+    rows = [json.loads(line) for line in (ROOT / "examples" / "baseline-predictions.jsonl").read_text().splitlines()]
+    by_model = {name: [r for r in rows if r["model"] == name] for name in report["models"]}
+    references = [r["reference"] for r in by_model["base"]]
+    scored = {name: metrics.ExampleScores([r["prediction"] for r in model_rows], references, fields=model_rows)
+              for name, model_rows in by_model.items()}
+    for name, model_scores in scored.items():
+        got = model_scores.metrics()
+        assert {k: got[k] for k in report["metrics"][name]} == report["metrics"][name]
+        assert metrics.per_type(model_scores) == report["per_type"][name]
+    samples, seed = report["config"]["score"]["bootstrap_samples"], report["config"]["score"]["seed"]
+    assert metrics.paired_bootstrap(scored["base"], scored["tuned"], None, samples, seed) == report["deltas"]["tuned"]
 
 
 def test_paired_bootstrap_is_seeded_and_finds_a_real_improvement():
@@ -141,3 +200,4 @@ def test_paired_bootstrap_is_seeded_and_finds_a_real_improvement():
     assert d["delta"] == pytest.approx(-0.5) and d["ci95_high"] < 0 and d["p_value"] < 0.05
     assert np.isclose(metrics.paired_bootstrap(base, empty, names=("empty_rate",), samples=200)["empty_rate"]
                       ["p_value"], 1.0)
+

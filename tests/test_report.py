@@ -3,18 +3,21 @@
 import copy
 import json
 import os
+from dataclasses import replace
 from importlib import metadata
 
 import jsonschema
+import numpy as np
 import pytest
 
 from pathlib import Path
 
 from conftest import ROOT, korean_rows, write_jsonl
 from entrypoint import main
+from eval import metrics
 from eval import report as report_module
-from eval.score import score
-from pipeline import data, identity, models
+from eval.score import checkpoint_points, score, tracked_values
+from pipeline import card, data, identity, models
 from pipeline.config import Config, load_config
 from pipeline.stage import claim_stage_dir, write_json_atomic
 
@@ -248,24 +251,31 @@ def test_a_limit_must_be_a_finite_non_negative_number(scored, capsys, limit):
     assert err.count("\n") == 1 and "rougeL=" in err
 
 
-def test_a_gated_metric_missing_from_either_report_is_exit_2(scored, tmp_path, capsys, monkeypatch):
-    """A report whose schema does not require a metric (an older or newer version's) that is gated: exit 2 naming
-    the metric and the report, never a KeyError."""
-    from eval import compare as compare_module
-
+def test_a_report_without_a_metric_is_compared_by_name(scored, tmp_path, capsys):
+    """A report made before a metric was added (here: without chrfpp): gating that metric is exit 2 naming it and
+    the report, never a KeyError; any other gate runs, and every table shows "—" for the missing values."""
     old = read(scored[1])
     for model in old["metrics"]:
         del old["metrics"][model]["chrfpp"]
     (tmp_path / "old.json").write_text(json.dumps(old))
-    assert gate(tmp_path / "old.json", scored[1], "--max-drop", "chrfpp=0.5") == 2  # today's schema requires it
-    assert "'chrfpp' is a required property" in capsys.readouterr().err
-    monkeypatch.setattr(compare_module, "validate", lambda report: None)
     assert gate(tmp_path / "old.json", scored[1], "--max-drop", "chrfpp=0.5") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "chrfpp is not in the baseline report" in err
     assert gate(scored[1], tmp_path / "old.json", "--max-drop", "chrfpp=0.5") == 2
     assert "chrfpp is not in the candidate report" in capsys.readouterr().err
-    assert gate(scored[1], tmp_path / "old.json", "--max-drop", "rougeL=0.5") == 0  # an ungated metric may be absent
+    tuned = f"{read(scored[1])['metrics']['tuned']['chrfpp']:.4f}"
+    for args in ((), ("--format", "markdown")):
+        assert gate(tmp_path / "old.json", scored[1], "--max-drop", "rougeL=0.5", *args) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert next(line for line in lines if line.strip("| ").startswith("chrfpp")).split() == (
+            ["|", "chrfpp", "|", "—", "|", tuned, "|", "—", "|"] if args else ["chrfpp", "—", tuned, "—"])
+        assert "—" not in next(line for line in lines if line.strip("| ").startswith("rouge1 "))
+    summary = report_module.summary_table(old).splitlines()
+    assert next(line for line in summary if line.startswith("chrfpp")).split() == ["chrfpp", "—", "—"]
+    assert "| chrfpp |" not in report_module.markdown(old)  # a metric no model has is not listed
+    partial = read(scored[1])
+    del partial["metrics"]["tuned"]["chrfpp"]
+    assert f"| chrfpp | {partial['metrics']['base']['chrfpp']:.4f} | — (—) |" in report_module.markdown(partial)
 
 
 def test_the_rules_on_the_committed_baseline_predictions(tmp_path, capsys):
@@ -372,3 +382,89 @@ def test_more_models_and_another_reference(tmp_path):
     assert set(report["deltas"]) == {"base", "tuned"} and report["deltas"]["tuned"]["rougeL"]["delta"] < 0
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert "| metric | base | tuned | prod |" in markdown and "Paired bootstrap against prod" in markdown
+
+
+# --- everything read from the metric registry ---------------------------------------------------------------------
+
+def no_question_mark(rows: metrics.Rows) -> np.ndarray:
+    return np.array([not p.endswith("?") for p in rows.predictions], float)
+
+
+EXTRA = metrics.Metric("no_question_mark_rate", metrics.LOWER, no_question_mark, (0, 1), title="outputs without ?",
+                       hub_type="rate", headline=True, delta=True, per_type=True, checkpoint=True, tracked=True)
+
+
+@pytest.fixture
+def extra_metric(monkeypatch):
+    """A metric that exists only in this test, registered as one more entry."""
+    monkeypatch.setattr(metrics, "REGISTRY", metrics.REGISTRY + (EXTRA,))
+    return EXTRA.name
+
+
+def test_one_registry_entry_reaches_the_schema_tables_card_trackers_and_gate(extra_metric, tmp_path, capsys):
+    name = extra_metric
+    out, report_path = scored_run(tmp_path / "a", two_thirds_right)  # tuned is WRONG (no "?") on 14 of 40 rows
+    report = read(report_path)
+    assert report["metrics"]["base"][name] == 1.0 and report["metrics"]["tuned"][name] == pytest.approx(14 / 40)
+    assert report["deltas"]["tuned"][name]["delta"] == pytest.approx(14 / 40 - 1)
+    by_type = {}  # korean_rows: row i has the (i % 5)-th label
+    for i, row in enumerate(korean_rows(N)):
+        by_type.setdefault(row["target"][1:].split(")")[0], []).append(float(i % 3 == 0))
+    assert {label: row[name] for label, row in report["per_type"]["tuned"].items()} == pytest.approx(
+        {label: sum(flags) / len(flags) for label, flags in by_type.items()})
+    # the schema: required in a report of this version, in its range, optional for a reader of other versions
+    broken = copy.deepcopy(report)
+    broken["metrics"]["tuned"][name] = 35.0  # a percentage where a share belongs
+    with pytest.raises(jsonschema.ValidationError, match="maximum"):
+        report_module.validate(broken)
+    for where in (("metrics", "tuned"), ("deltas", "tuned"), ("per_type", "tuned", "가정 살펴보기")):
+        broken = copy.deepcopy(report)
+        parent = broken
+        for key in where:
+            parent = parent[key]
+        del parent[name]
+        with pytest.raises(jsonschema.ValidationError, match=name):
+            report_module.validate(broken)
+        report_module.validate(broken, complete=False)
+    # the tables: report.md (every metric, the deltas), run's summary, the card's index and results
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert f"| {name} | 1.0000 | 0.3500 (-0.6500) |" in markdown and f"| tuned | {name} | -0.6500 |" in markdown
+    assert f"{name:<26}{1:>13.4f}{0.35:>13.4f}" in report_module.summary_table(report).splitlines()
+    cfg = load_config(None, ["score.checkpoints=true"])
+    model_card = card.model_card(cfg, report)
+    assert {r.metric_config: (r.metric_type, r.metric_value) for r in model_card.data.eval_results}[name] == (
+        "rate", report["metrics"]["tuned"][name])
+    assert f"| {name} | 1.0000 | 0.3500 | -0.6500 | -0.6500 [" in model_card.text
+    # the checkpoint table and the trackers' keys
+    points = checkpoint_points(cfg, ["base", "tuned", "checkpoint-2"], report["metrics"] | {
+        "checkpoint-2": report["metrics"]["base"]}, {"steps": 3})
+    assert [p[name] for p in points] == [1.0, report["metrics"]["tuned"][name]]
+    assert f"| {name} |" in report_module.markdown(report | {"checkpoints": points}).split("## Training checkpoints")[1]
+    assert tracked_values(report["metrics"], ["tuned"])[f"eval/tuned/{name}"] == report["metrics"]["tuned"][name]
+    # the gate, in the metric's direction (lower is better): more outputs without "?" is a rise that fails
+    _, worse = scored_run(tmp_path / "b", lambda i, ref: WRONG)  # no "?" at all
+    for rule in ("point", "significant"):
+        assert gate(report_path, worse, "--max-drop", f"{name}=0.05", "--rule", rule) == 1
+        assert f"{name} rise" in capsys.readouterr().out
+        assert gate(worse, report_path, "--max-drop", f"{name}=0.05", "--rule", rule) == 0
+    capsys.readouterr()
+
+
+def test_the_gate_reads_direction_and_pairing_from_the_entry(extra_metric, tmp_path, capsys, monkeypatch):
+    _, report_path = scored_run(tmp_path, two_thirds_right)
+    unpaired = replace(EXTRA, pairable=False)
+    monkeypatch.setattr(metrics, "REGISTRY", metrics.REGISTRY[:-1] + (unpaired,))
+    assert gate(report_path, report_path, "--max-drop", f"{extra_metric}=0", "--rule", "significant") == 2
+    assert "no meaningful paired interval" in capsys.readouterr().err
+    assert gate(report_path, report_path, "--max-drop", f"{extra_metric}=0") == 0
+    monkeypatch.setattr(metrics, "REGISTRY", metrics.REGISTRY[:-1] + (replace(EXTRA, direction=metrics.NEITHER),))
+    assert gate(report_path, report_path, "--max-drop", f"{extra_metric}=0") == 2
+    assert "no better direction" in capsys.readouterr().err
+
+
+def test_a_metric_enabled_by_config_is_absent_from_reports_without_it(monkeypatch, tmp_path):
+    optional = replace(EXTRA, enabled=lambda score_cfg: score_cfg.checkpoints)
+    monkeypatch.setattr(metrics, "REGISTRY", metrics.REGISTRY + (optional,))
+    report = read(scored_run(tmp_path, two_thirds_right)[1])  # validated when written: not required
+    assert EXTRA.name not in report["metrics"]["tuned"] and EXTRA.name not in report["deltas"]["tuned"]
+    assert optional in metrics.enabled(load_config(None, ["score.checkpoints=true"]).score)
