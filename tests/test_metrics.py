@@ -3,6 +3,7 @@
 import json
 import math
 import unicodedata
+import warnings
 
 import numpy as np
 import pytest
@@ -201,3 +202,16 @@ def test_paired_bootstrap_is_seeded_and_finds_a_real_improvement():
     assert np.isclose(metrics.paired_bootstrap(base, empty, names=("empty_rate",), samples=200)["empty_rate"]
                       ["p_value"], 1.0)
 
+
+def test_the_evaluate_module_gives_the_same_numbers_offline_without_warnings(tmp_path):
+    """eval/socratic_metrics as a local `evaluate` module (HF_HUB_OFFLINE is set for the suite): the numbers of
+    ExampleScores on Korean rows, under the default tokenizer and another."""
+    import evaluate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module = evaluate.load(str(ROOT / "eval" / "socratic_metrics"), keep_in_memory=True, cache_dir=str(tmp_path))
+        got = module.compute(predictions=PREDICTIONS, references=REFERENCES)
+        by_characters = module.compute(predictions=PREDICTIONS, references=REFERENCES, tokenize="char")
+    assert got == metrics.ExampleScores(PREDICTIONS, REFERENCES).metrics() and got["rougeL"] > 0.3
+    assert by_characters == metrics.ExampleScores(PREDICTIONS, REFERENCES, "char").metrics() != got
