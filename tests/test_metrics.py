@@ -124,7 +124,8 @@ def test_the_registry_names_each_metric_once_with_its_direction():
     assert list(text_only) == [m.name for m in metrics.REGISTRY if not m.fields]  # the registry's order
     rows = [{"hit_max_new_tokens": False}] * len(PREDICTIONS)
     assert list(metrics.ExampleScores(PREDICTIONS, REFERENCES, fields=rows).metrics()) == names
-    assert metrics.metric("empty_rate").direction == metrics.LOWER and metrics.metric("bleu").direction == metrics.HIGHER
+    assert metrics.metric("empty_rate").direction == metrics.LOWER
+    assert metrics.metric("bleu").direction == metrics.HIGHER
     assert metrics.metric("mean_chars").direction == metrics.NEITHER and not metrics.metric("mean_chars").gateable
     assert metrics.metric("no_such_metric") is None
     assert set(metrics.FEATURED) <= {m.name for m in metrics.flagged("per_type")}
