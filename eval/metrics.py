@@ -236,6 +236,8 @@ REGISTRY += (
            hub_type="accuracy", headline=True, delta=True, per_type=True, checkpoint=True, tracked=True),
     Metric("known_label_rate", HIGHER, known_type, ZERO_ONE, title="share of outputs with a known question type",
            format=".3f", headline=True, per_type=True),
+    Metric("no_type_prefix_rate", LOWER, lambda rows: np.array([p is None for p in labels(rows.predictions)], float),
+           ZERO_ONE, title="share of outputs that do not start with a (type) label", format=".3f", headline=True),
     Metric("hit_max_new_tokens_rate", LOWER, hit_max_new_tokens, ZERO_ONE, fields=("hit_max_new_tokens",),
            title="share of outputs cut at generate.max_new_tokens", format=".3f", headline=True),
     Metric("empty_rate", LOWER, empty, ZERO_ONE, title="share of empty outputs", format=".3f", headline=True,

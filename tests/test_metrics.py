@@ -138,6 +138,14 @@ def test_label_metrics_by_hand():
     assert got["rougeL_question"] == 1.0 and got["rougeL"] < 1.0
 
 
+def test_no_type_prefix_rate_by_hand():
+    """Of four outputs, one starts with a "(type)" label; a bare question, an empty output and a label that is not
+    at the start do not."""
+    got = scores(["(가정 살펴보기) 왜?", "왜?", "", "왜 (가정 살펴보기)?"], REFERENCES)
+    assert got["no_type_prefix_rate"] == pytest.approx(3 / 4)
+    assert scores(REFERENCES, REFERENCES)["no_type_prefix_rate"] == 0.0
+
+
 def test_character_and_token_metrics_by_hand():
     """나는 집에 간다. (9 characters) and 오늘 나는 학교에 간다. (13) against 나는 학교에 간다.
     rougeL_char, spaces dropped: 나는집에간다. (7) vs 나는학교에간다. (8): LCS 나는에간다. = 6;
