@@ -2,6 +2,8 @@
 # make test   - install, then the whole test suite (what CI runs)
 # make test-fast - the inner loop: every test that needs no model and starts no process (about 30 s)
 # make install - .venv with pinned versions (constraints.txt, shared with the Dockerfile)
+# make browser - install, plus the browser test's Playwright, system Chromium and Korean font (apt-get)
+# make docs-screenshot - docs/report-html.png, the README's picture of report.html, from that browser test
 # make bench   - the tutorial's way vs ours (generation rows/s, training examples/s, peak memory)
 # make profile - where our generation and training steps spend their time (bench/profile.txt)
 # make gpu-check - on a CUDA machine: the H200 targets, timed on Gemma 3 1B's architecture (random bf16 weights)
@@ -17,7 +19,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo bench profile gpu-check gpu-bundle clean
+.PHONY: install browser docs-screenshot test test-fast demo bench profile gpu-check gpu-bundle clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -27,6 +29,22 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	$(PY) -m pip check
 	touch $@
+
+# The browser the report.html test drives (Playwright with the system browser: nothing downloads a browser build),
+# and a font with Hangul for its screenshots; apt-get installs only what is missing, through sudo when not root.
+# Elsewhere than Debian/Ubuntu: install Chromium yourself and point $$CHROMIUM at it.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser: install
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[browser]"
+	@missing="$$(command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || echo chromium-headless-shell)"; \
+	missing="$$missing $$(fc-list :lang=ko 2>/dev/null | grep -q . || echo fonts-nanum)"; \
+	if [ -n "$${missing// }" ]; then $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi; \
+	echo "browser: $$(command -v chromium-headless-shell || command -v chromium)"
+
+docs-screenshot: browser
+	mkdir -p docs
+	REPORT_HTML_SCREENSHOT=docs/report-html.png $(PY) -m pytest tests/test_html.py -k report_html_in_chromium -q
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
