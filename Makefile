@@ -70,7 +70,7 @@ gpu-check: install
 GPU_WHEELS := trl datasets dill multiprocess
 gpu-bundle: install
 	rm -rf .gpu && mkdir -p .gpu/tokenizer .gpu/whl
-	cp "$$($(PY) -c 'from pipeline.config import ModelConfig; from pipeline.models import ensure_embedded_model; print(ensure_embedded_model(ModelConfig()))')"/{config.json,tokenizer.json,tokenizer_config.json} .gpu/tokenizer/
+	cp "$$($(PY) -c 'from pipeline.config import ModelConfig; from pipeline.sources import ensure_embedded_model; print(ensure_embedded_model(ModelConfig()))')"/{config.json,tokenizer.json,tokenizer_config.json} .gpu/tokenizer/
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_17_x86_64 -d .gpu/whl $$(grep -E '^($(subst $(space),|,$(GPU_WHEELS)))==' constraints.txt)
 

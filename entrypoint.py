@@ -88,12 +88,12 @@ def config_show(config_path: str | None, overrides: tuple[str, ...]) -> None:
 
 
 def preflight(cfg: Config) -> None:
-    from pipeline import adapters, models
+    from pipeline import adapters, sources
     from pipeline.train import training_arguments
 
     training_arguments(cfg, Path(cfg.output.dir) / "train" / "checkpoints")
-    if not cfg.model.source.startswith("embedded:") and models.is_local_source(cfg.model.source):
-        models.check_model_folder(Path(cfg.model.source).expanduser())
+    if sources.source_kind(cfg.model.source) == "local":
+        sources.model_source(cfg.model)  # checks the folder (not the Hub, nor converting the embedded model)
     for adapter in adapters.configured(cfg):
         adapters.check_files(adapter)
 
@@ -107,10 +107,10 @@ def data_group() -> None:
 @config_args
 def data_check(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Validate every split and print its size and question-type counts."""
-    from pipeline import data, models
+    from pipeline import data, sources
 
     cfg = load_config(config_path, overrides)
-    splits = data.load_splits(cfg.data, models.hf_token(cfg.model))
+    splits = data.load_splits(cfg.data, sources.hf_token(cfg.model))
     for split, rows in splits.items():
         counts = ", ".join(f"{label} {n}" for label, n in data.label_counts(rows).most_common())
         click.echo(f"{split:<10} {len(rows):>7} rows   {counts}")
@@ -128,17 +128,16 @@ def model_fetch(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Make model.source loadable: convert the embedded model once (then reuse it); check a local folder and load
     its tokenizer; resolve a Hub id's revision to its commit and download its config and tokenizer (the weights
     download when a stage first loads the model)."""
-    from pipeline import identity, models
+    from pipeline import identity, models, sources
 
     cfg = load_config(config_path, overrides)
     started = time.perf_counter()
-    source, where = models.resolve_source(cfg.model), ""
-    if not cfg.model.source.startswith("embedded:"):
-        model_cfg = cfg.model
-        if not models.is_local_source(source):
-            model_cfg = identity.pinned_model(cfg.model, identity.model_identity(cfg.model, source))
-            where = f" at commit {model_cfg.revision}"
-        models.load_tokenizer(model_cfg, source)
+    source, where = sources.model_source(cfg.model), ""
+    if source.kind != "embedded":
+        if source.kind == "hub":
+            source = identity.pinned(source, identity.model_identity(cfg.model, source))
+            where = f" at commit {source.revision}"
+        models.load_tokenizer(cfg.model, source)
     click.echo(f"model ready: {source}{where} ({time.perf_counter() - started:.1f} s)")
 
 

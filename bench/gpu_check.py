@@ -129,12 +129,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     from pipeline import models
     from pipeline.config import ModelConfig, load_config
+    from pipeline.sources import Source
 
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("gpu-check needs a CUDA GPU (torch.cuda.is_available() is False); --smoke checks the script on CPU")
     device = torch.device("cuda" if not args.smoke else "cpu")
     dtype, dims = (torch.float32, TINY) if args.smoke else (torch.bfloat16, GEMMA3_1B)
-    tokenizer = models.load_tokenizer(ModelConfig(source=args.tokenizer) if args.tokenizer else ModelConfig())
+    # A tokenizer folder holds no weights, so it is not a model.source (which must hold safetensors).
+    tokenizer = models.load_tokenizer(ModelConfig(), Source("local", args.tokenizer, "--tokenizer")
+                                      if args.tokenizer else None)
     overrides = ["model.dtype=" + str(dtype).removeprefix("torch."), "prompt.format=plain"]
     if args.smoke:
         overrides += ["generate.batch_size=4", "generate.max_new_tokens=8"]

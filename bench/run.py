@@ -36,17 +36,17 @@ def setup(tutorial: bool = False):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline import models
+    from pipeline import models, sources
     from pipeline.config import load_config
 
     cfg = load_config(ROOT / "configs/demo.yaml", [
         f"generate.max_new_tokens={MAX_NEW_TOKENS}",
         f"train.max_steps={TRAIN_STEPS}", f"train.per_device_train_batch_size={TRAIN_BATCH}",
         "train.save_steps=100000", "train.logging_steps=1", "model.dtype=float32"])
-    source = models.resolve_source(cfg.model)
+    source = sources.model_source(cfg.model)
     if tutorial:  # fp32 (the tutorial's fp16 is for its GPU; Gemma 3 overflows in fp16 and CPUs lack fast fp16)
-        return (cfg, AutoTokenizer.from_pretrained(source),
-                AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval())
+        return (cfg, AutoTokenizer.from_pretrained(source.location),
+                AutoModelForCausalLM.from_pretrained(source.location, dtype=torch.float32).eval())
     return cfg, models.load_tokenizer(cfg.model, source), models.load_model(cfg.model, source).eval()
 
 

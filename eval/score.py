@@ -26,7 +26,7 @@ import numpy as np
 
 from eval import metrics
 from eval.report import SCHEMA_VERSION, write_report
-from pipeline import data, identity, models, tracking
+from pipeline import data, identity, sources, tracking
 from pipeline.config import CHECKPOINT_NAME, Config, to_dict
 from pipeline.errors import ConfigError, DataError
 from pipeline.stage import check_up_to_date, inputs_hash, stage_inputs
@@ -147,9 +147,9 @@ def score_inputs(cfg: Config, output_dir: Path, predictions_path: Path) -> dict:
     the generate (or train) stage's outputs were made from other data, model, prompt, adapters or settings, naming
     the difference and the stage to rerun. Then: the whole config (the report shows it), the stages' inputs, the
     predictions' sha256, and the metric and report code with the packages that compute the numbers."""
-    token = models.hf_token(cfg.model)
+    token = sources.hf_token(cfg.model)
     splits = data.load_splits(cfg.data, token, ("test",) if cfg.model.adapter else data.SPLITS)
-    source = models.resolve_source(cfg.model)
+    source = sources.model_source(cfg.model)
     _, generate_inputs = identity.generate_inputs(cfg, output_dir, splits["test"], source)
     check_up_to_date(output_dir / "generate", "generate", generate_inputs,
                      "the generate stage (entrypoint.py generate, or run)")

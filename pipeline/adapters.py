@@ -2,6 +2,9 @@
 
     adapters_to_evaluate(cfg, output_dir) -> [Adapter]     check(adapter, model, cfg)     with merged(model, a): ...
 
+Each adapter's source (pipeline/sources.py: a folder or a Hub id at a revision, with the token) is resolved once,
+here, and used as it is by the checks, the stage hashes (pipeline/identity.py) and the loading.
+
 "tuned" is the adapter trained in <output>/train (or model.adapter, which skips training), then the named
 `generate.adapters`, then, with score.checkpoints, every training checkpoint still on disk ("checkpoint-N").
 Before any generation each adapter is checked against the loaded base model: the base it names, its target
@@ -22,9 +25,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import models
+from pipeline import models, sources
 from pipeline.config import Config
 from pipeline.errors import ConfigError, hub_error
+from pipeline.sources import Source
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
@@ -32,9 +36,7 @@ ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.j
 @dataclass(frozen=True)
 class Adapter:
     name: str  # the model name in predictions.jsonl and the report
-    source: str  # a local directory or a Hub id
-    key: str  # the config key it came from, for error messages
-    revision: str | None = None
+    source: Source  # its key is the config key it came from, for error messages
 
 
 def adapters_to_evaluate(cfg: Config, output_dir: Path) -> list[Adapter]:
@@ -42,13 +44,13 @@ def adapters_to_evaluate(cfg: Config, output_dir: Path) -> list[Adapter]:
     trained = Path(output_dir) / "train" / "adapter"
     adapters = configured(cfg)
     if not cfg.model.adapter:
-        adapters.insert(0, Adapter("tuned", str(trained), "the train stage's adapter"))
+        adapters.insert(0, Adapter("tuned", Source("local", str(trained), "the train stage's adapter")))
     if cfg.score.checkpoints and not cfg.model.adapter:
         summary = trained.parent / "train_summary.json"
         last_step = json.loads(summary.read_text(encoding="utf-8"))["steps"] if summary.is_file() else None
         found = sorted(trained.parent.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         # The checkpoint of the last step holds the tuned adapter's weights: its rows would be the tuned rows.
-        adapters += [Adapter(path.name, str(path), "score.checkpoints") for path in found
+        adapters += [Adapter(path.name, Source("local", str(path), "score.checkpoints")) for path in found
                      if int(path.name.split("-")[1]) != last_step]
     for adapter in adapters:
         check_files(adapter, trained)
@@ -57,10 +59,10 @@ def adapters_to_evaluate(cfg: Config, output_dir: Path) -> list[Adapter]:
 
 def configured(cfg: Config) -> list[Adapter]:
     """The adapters the config names: model.adapter (as "tuned") and generate.adapters."""
-    adapters = [Adapter("tuned", _local(cfg.model.adapter), "model.adapter", cfg.model.adapter_revision)
-                ] if cfg.model.adapter else []
-    return adapters + [Adapter(name, _local(source), f"generate.adapters.{name}")
-                       for name, source in cfg.generate.adapters.items()]
+    tuned = [Adapter("tuned", sources.adapter_source(cfg.model.adapter, "model.adapter", cfg.model,
+                                                     cfg.model.adapter_revision))] if cfg.model.adapter else []
+    return tuned + [Adapter(name, sources.adapter_source(text, f"generate.adapters.{name}", cfg.model))
+                    for name, text in cfg.generate.adapters.items()]
 
 
 def identities(adapters: list[Adapter], cfg: Config) -> dict[str, dict]:
@@ -68,33 +70,29 @@ def identities(adapters: list[Adapter], cfg: Config) -> dict[str, dict]:
     weights, a Hub adapter by the commit its revision resolves to (pipeline/identity.py)."""
     from pipeline.identity import adapter_identity
 
-    return {a.name: adapter_identity(a.source, a.revision, cfg.model, a.key) for a in adapters}
+    return {a.name: adapter_identity(a.source, cfg.model) for a in adapters}
 
 
 def pinned(adapters: list[Adapter], found: dict[str, dict]) -> list[Adapter]:
     """The adapters with each Hub revision replaced by the commit it resolved to, so what is loaded is what the
     stage recorded."""
-    return [dataclasses.replace(a, revision=found[a.name]["commit"]) if "commit" in found[a.name] else a
-            for a in adapters]
+    from pipeline.identity import pinned as pinned_source
 
-
-def _local(source: str) -> str:
-    """~ expanded in a local path (PEFT's loader would take "~/adapter" for a Hub id)."""
-    return str(Path(source).expanduser()) if models.is_local_source(source) else source
+    return [dataclasses.replace(a, source=pinned_source(a.source, found[a.name])) for a in adapters]
 
 
 def check_files(adapter: Adapter, trained: Path | None = None) -> None:
     """A local adapter is a folder with adapter_config.json and safetensors weights (pickle files are refused)."""
-    path = Path(adapter.source).expanduser()
-    if not models.is_local_source(adapter.source):
-        return  # a Hub id: fetched and checked when the model is loaded
+    if adapter.source.kind == "hub":
+        return  # fetched and checked when the model is loaded
+    path, key = Path(adapter.source.location), adapter.source.key
     if (path / "adapter_model.bin").is_file() and not (path / ADAPTER_WEIGHTS).is_file():
-        raise ConfigError(f"{adapter.key}: {path / 'adapter_model.bin'} is a pickle file, which can run code when "
+        raise ConfigError(f"{key}: {path / 'adapter_model.bin'} is a pickle file, which can run code when "
                             f"loaded: only {ADAPTER_WEIGHTS} is accepted")
     if not (path / ADAPTER_WEIGHTS).is_file() or not (path / ADAPTER_CONFIG).is_file():
         if path == trained:
             raise ConfigError(f"no trained adapter in {path}: run the train stage first (or set model.adapter)")
-        raise ConfigError(f"{adapter.key}: {path} is not a LoRA adapter directory ({ADAPTER_CONFIG} and "
+        raise ConfigError(f"{key}: {path} is not a LoRA adapter directory ({ADAPTER_CONFIG} and "
                             f"{ADAPTER_WEIGHTS} expected)")
 
 
@@ -102,9 +100,9 @@ def check(adapter: Adapter, model, cfg: Config) -> None:
     """The adapter fits the loaded base model: the base it names, its target modules, its rank and weight shapes."""
     from safetensors import safe_open
 
-    config_path, weights_path = (_fetch(adapter, name, cfg) for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
+    config_path, weights_path = (_fetch(adapter.source, name) for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
     config = json.loads(Path(config_path).read_text(encoding="utf-8"))
-    where = f"{adapter.key} ({adapter.source})"
+    where = f"{adapter.source.key} ({adapter.source})"
     named = config.get("base_model_name_or_path")
     if named and _model_name(named) != _model_name(cfg.model.source):
         raise ConfigError(f"{where} was trained on base model {named!r}, but model.source is {cfg.model.source!r}")
@@ -131,17 +129,17 @@ def check(adapter: Adapter, model, cfg: Config) -> None:
 
 
 @contextlib.contextmanager
-def merged(model, adapter: Adapter, cfg: Config):
+def merged(model, adapter: Adapter):
     """The base model with `adapter` merged into its weights while inside; the base weights bit for bit after."""
     from peft import PeftModel
 
-    config = json.loads(Path(_fetch(adapter, ADAPTER_CONFIG, cfg)).read_text(encoding="utf-8"))
+    config = json.loads(Path(_fetch(adapter.source, ADAPTER_CONFIG)).read_text(encoding="utf-8"))
     whole = set(config.get("modules_to_save") or [])  # modules the adapter replaces outright when unloaded
     touched = {name: param.detach().clone() for name, param in model.named_parameters(remove_duplicate=False)
                if _is_target(name.rsplit(".", 1)[0], config.get("target_modules") or [])
                or whole & set(name.split("."))}
-    tuned = PeftModel.from_pretrained(model, adapter.source, revision=adapter.revision,
-                                      token=models.hf_token(cfg.model)).merge_and_unload().eval()
+    tuned = PeftModel.from_pretrained(model, adapter.source.location, revision=adapter.source.revision,
+                                      token=adapter.source.token).merge_and_unload().eval()
     try:
         yield tuned
     finally:
@@ -168,13 +166,13 @@ def _model_name(source: str) -> str:
     return source.rstrip("/").rsplit("/", 1)[-1].removeprefix("embedded:")
 
 
-def _fetch(adapter: Adapter, filename: str, cfg: Config) -> str:
-    if models.is_local_source(adapter.source):
-        return str(Path(adapter.source).expanduser() / filename)
+def _fetch(source: Source, filename: str) -> str:
+    if source.kind != "hub":
+        return str(Path(source.location) / filename)
     from huggingface_hub import hf_hub_download
 
     try:
-        return hf_hub_download(adapter.source, filename, revision=adapter.revision, token=models.hf_token(cfg.model))
+        return hf_hub_download(source.location, filename, revision=source.revision, token=source.token)
     except Exception as exc:
-        raise hub_error(exc, f"{adapter.key}: cannot fetch {filename} of {adapter.source!r} from the Hub",
+        raise hub_error(exc, f"{source.key}: cannot fetch {filename} of {source.location!r} from the Hub",
                         "download the adapter where there is network and name its local directory") from None

@@ -24,8 +24,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from eval import metrics
 from eval.report import cell, change
 from pipeline.config import EMBEDDED_GEMMA_270M, Config, ModelConfig
-from pipeline.models import is_local_source
 from pipeline.prompt import PROMPT_TEMPLATE
+from pipeline.sources import source_kind
 from pipeline.stage import write_text_atomic
 
 # The Hub model each embedded source was converted from (the PyPI package's GGUF of it).
@@ -41,17 +41,17 @@ def hub_base_model(model_cfg: ModelConfig) -> str | None:
     folder the `_name_or_path` its config.json records when that is a Hub id; else None (never a path)."""
     if model_cfg.source in UPSTREAM:
         return UPSTREAM[model_cfg.source]
-    if not is_local_source(model_cfg.source):
+    if source_kind(model_cfg.source) == "hub":
         return model_cfg.source
     config = Path(model_cfg.source).expanduser() / "config.json"
     named = json.loads(config.read_text(encoding="utf-8")).get("_name_or_path", "") if config.is_file() else ""
-    return named if HUB_ID.fullmatch(named) and not is_local_source(named) else None
+    return named if HUB_ID.fullmatch(named) and source_kind(named) == "hub" else None
 
 
 def adapter_base_name(model_cfg: ModelConfig) -> str:
     """What adapter_config.json names as the base model: its Hub id, or a local folder's name (not its path). The
     generate stage's check compares these names (pipeline/adapters.py), so a folder keeps its own name there."""
-    if is_local_source(model_cfg.source):
+    if source_kind(model_cfg.source) == "local":
         return Path(model_cfg.source).expanduser().name
     return UPSTREAM.get(model_cfg.source, model_cfg.source)
 
@@ -95,7 +95,7 @@ def model_card(cfg: Config, report: dict | None = None, train: dict | None = Non
         base_model=base, library_name="transformers" if merged else "peft",
         language=LANGUAGE.get(cfg.score.tokenize),
         datasets=sorted({s for s in (cfg.data.source, cfg.data.train_path, cfg.data.validation_path,
-                                     cfg.data.test_path) if s and not is_local_source(s)}) or None,
+                                     cfg.data.test_path) if s and source_kind(s) == "hub"}) or None,
         pipeline_tag="text-generation",
         tags=["lora", "sft", "trl", "socratic-questions"] + (["merged"] if merged else []),
         model_name=name, eval_results=eval_results(cfg, report, test_data) if report else None)
@@ -121,7 +121,7 @@ def made_by(report: dict) -> dict:
 
 def dataset_name(source: str) -> str:
     """A Hub dataset id as it is; a local folder or file by its name only."""
-    return Path(source).expanduser().name if is_local_source(source) else source
+    return Path(source).expanduser().name if source_kind(source) == "local" else source
 
 
 def eval_results(cfg: Config, report: dict, test_data: str) -> list[EvalResult]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import adapters, card, data, generate, identity, models
+from pipeline import adapters, card, data, generate, identity, models, sources
 from pipeline.config import Config
 from pipeline.decode import Decoding, decode_batch, decode_row
 from pipeline.errors import ConfigError, UserError
@@ -53,9 +53,9 @@ def export(cfg: Config, out: Path, output_dir: Path) -> Path:
     adapter = adapters.adapters_to_evaluate(only_tuned, output_dir)[0]
     found = adapters.identities([adapter], cfg)  # a Hub adapter or model: pinned to the commit it resolves to now
     adapter = adapters.pinned([adapter], found)[0]
-    rows = data.load_split(cfg.data, "test", models.hf_token(cfg.model), limit=cfg.export.check_rows)
-    source = models.resolve_source(cfg.model)
-    cfg = dataclasses.replace(cfg, model=identity.pinned_model(cfg.model, identity.model_identity(cfg.model, source)))
+    rows = data.load_split(cfg.data, "test", sources.hf_token(cfg.model), limit=cfg.export.check_rows)
+    source = sources.model_source(cfg.model)
+    source = identity.pinned(source, identity.model_identity(cfg.model, source))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = models.load_tokenizer(cfg.model, source)
     base = models.load_model(cfg.model, source, device=device).eval()
@@ -67,15 +67,15 @@ def export(cfg: Config, out: Path, output_dir: Path) -> Path:
 
     from peft import PeftModel
 
-    tuned = PeftModel.from_pretrained(base, adapter.source, revision=adapter.revision,
-                                      token=models.hf_token(cfg.model)).eval()
+    tuned = PeftModel.from_pretrained(base, adapter.source.location, revision=adapter.source.revision,
+                                      token=adapter.source.token).eval()
     expected = generate_ids(tuned, tokenizer, prompts, greedy, batch_size)
     merged = merge(tuned)
     dtype = merged.dtype
     with atomic_path(out) as tmp:
-        save(merged, tmp, cfg, source, evaluated)
+        save(merged, tmp, source, evaluated)
         del tuned, base, merged  # one model in memory at a time
-        saved = models.load_model(dataclasses.replace(cfg.model, revision=None), str(tmp), device=device).eval()
+        saved = models.load_model(cfg.model, sources.Source("local", str(tmp), "--out"), device=device).eval()
         actual = generate_ids(saved, tokenizer, prompts, greedy, batch_size)
         summary = {**compare(rows, expected, actual, tokenizer, greedy, dtype, cfg), "device": device.type,
                    # what was merged, by the sha256 of its weights (or Hub id and revision), and into what: no paths
@@ -103,19 +103,20 @@ def merge(tuned):
     return tuned.merge_and_unload()
 
 
-def save(merged, folder: Path, cfg: Config, source: str, evaluated: Decoding) -> None:
+def save(merged, folder: Path, source: sources.Source, evaluated: Decoding) -> None:
     """Weights (safetensors) and config, the generation config of the evaluated decoding, and the base model's own
     tokenizer files, byte for byte: the job's tokenizer is a transformers 5 TokenizersBackend, whose saved class
     name older transformers (and the serving stacks built on them) do not know."""
     merged.generation_config = generation_config(merged, evaluated)
     merged.save_pretrained(folder)
-    if not models.is_local_source(source):  # a Hub model: its files are in the Hub cache since it was loaded
+    base_folder = source.location
+    if source.kind == "hub":  # its files are in the Hub cache since it was loaded
         from huggingface_hub import snapshot_download
 
-        source = snapshot_download(source, revision=cfg.model.revision, token=models.hf_token(cfg.model),
-                                   allow_patterns=list(TOKENIZER_FILES))
+        base_folder = snapshot_download(source.location, revision=source.revision, token=source.token,
+                                        allow_patterns=list(TOKENIZER_FILES))
     for pattern in TOKENIZER_FILES:
-        for path in Path(source).glob(pattern):
+        for path in Path(base_folder).glob(pattern):
             shutil.copyfile(path, folder / path.name)
 
 

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import adapters as adapters_module
-from pipeline import data, identity, models
+from pipeline import data, identity, models, sources
 from pipeline.config import Config
 from pipeline.decode import Decoding, decode_batch, decode_row
 from pipeline.errors import DataError, Interrupted, ResourceError, first_line, is_out_of_memory
@@ -60,17 +60,17 @@ def generate(cfg: Config, output_dir: Path) -> Path:
     state = process_state()  # one process, or one of N under torchrun
 
     # --- setup: everything checked before the first row is generated ----------------------------------------
-    test = data.load_split(cfg.data, "test", models.hf_token(cfg.model), limit=cfg.data.max_test_samples)
+    test = data.load_split(cfg.data, "test", sources.hf_token(cfg.model), limit=cfg.data.max_test_samples)
     with state.local_main_process_first():  # one process per node converts the embedded model
-        source = models.resolve_source(cfg.model)
+        source = sources.model_source(cfg.model)
     adapters, inputs = identity.generate_inputs(cfg, output_dir, test, source)  # by content: rows, model, adapters
     digest = inputs_hash(inputs)
     if summary_path.is_file() and recorded_hash(stage_dir) == digest:
         log.info("generate: already finished in %s from the same inputs, skipping", stage_dir)
         return stage_dir
-    model_cfg = identity.pinned_model(cfg.model, inputs["model"])
-    tokenizer = models.load_tokenizer(model_cfg, source)
-    model = models.load_model(model_cfg, source, device=state.device).eval()
+    source = identity.pinned(source, inputs["model"])
+    tokenizer = models.load_tokenizer(cfg.model, source)
+    model = models.load_model(cfg.model, source, device=state.device).eval()
     for adapter in adapters:
         adapters_module.check(adapter, model, cfg)
     with state.main_process_first():  # only now: a run that fails its checks leaves earlier predictions in place
@@ -96,7 +96,7 @@ def generate(cfg: Config, output_dir: Path) -> Path:
             if adapter is None:
                 per_model[name] = run_model(model, tokenizer, name, todo, work, out, received)
             else:
-                with adapters_module.merged(model, adapter, cfg) as tuned:
+                with adapters_module.merged(model, adapter) as tuned:
                     per_model[name] = run_model(tuned, tokenizer, name, todo, work, out, received)
             if work.batch_size == "auto":  # the next model starts from the size that fit
                 work = dataclasses.replace(work, max_batch_size=per_model[name]["batch_size"])

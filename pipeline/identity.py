@@ -3,7 +3,8 @@
     train_inputs(cfg, splits, source)  -> what the train stage's outputs depend on (pipeline/stage.py hashes it)
     generate_inputs(cfg, output_dir, test, source) -> the adapters to evaluate (pinned) and the generate stage's
     model_identity(cfg.model, source)  -> {"files": {name: sha256}} (a folder) or {"hub": id, "commit": sha}
-    adapter_identity(source, revision, cfg.model, key) -> the sha256 of its config and weights, or its Hub commit
+    adapter_identity(source, cfg.model) -> the sha256 of its config and weights, or its Hub commit
+    pinned(source, identity)           -> the Source at the commit its identity recorded (a Hub one)
     prompt_identity(fmt)               -> the template, the completion's leading space and the stop rules' code
     code_identity()                    -> a sha256 over the score stage's metric and report code
     provenance()                       -> the commit (and whether it had edits), packages and hardware of this run
@@ -12,6 +13,7 @@ The rows a stage uses are identified in pipeline/data.py (fingerprint). A stage 
 are unchanged (pipeline/stage.py), so an edited data file, a model or adapter replaced at the same path or moved on
 the Hub under the same revision, or a new prompt template redo the stage, while the same content at another path
 does not. A Hub model or adapter is identified by the commit its revision resolves to, and loaded at that commit.
+`source` is a pipeline/sources.Source: its location and token are never part of an identity.
 
 Files are identified by their sha256. Hashing a 2 GB checkpoint takes seconds, so a stat cache in the model cache
 dir (file-hashes.json: path -> size, mtime in ns, inode, sha256) skips files untouched since they were hashed, as
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from pipeline.config import Config, ModelConfig
 from pipeline.errors import hub_error
+from pipeline.sources import Source, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IGNORED_FILES = ("README.md", ".gitattributes", "LICENSE")
 
 
-def train_inputs(cfg: Config, splits: dict[str, list[dict]], source: str) -> dict:
+def train_inputs(cfg: Config, splits: dict[str, list[dict]], source: Source) -> dict:
     """The train stage's config keys, its training and validation rows, the base model and the prompt."""
     from pipeline import data
     from pipeline.stage import stage_inputs
@@ -48,7 +51,7 @@ def train_inputs(cfg: Config, splits: dict[str, list[dict]], source: str) -> dic
         "model": model_identity(cfg.model, source), "prompt": prompt_identity(cfg.prompt.format)})
 
 
-def generate_inputs(cfg: Config, output_dir: Path, test: list[dict], source: str) -> tuple[list, dict]:
+def generate_inputs(cfg: Config, output_dir: Path, test: list[dict], source: Source) -> tuple[list, dict]:
     """The adapters a generate pass evaluates (Hub ones pinned to their commit) and the stage's inputs: its config
     keys, the test rows, the base model, the prompt and every adapter by content."""
     from pipeline import adapters as adapters_module
@@ -63,47 +66,45 @@ def generate_inputs(cfg: Config, output_dir: Path, test: list[dict], source: str
     return adapters_module.pinned(adapters, found), inputs
 
 
-def pinned_model(cfg: ModelConfig, identity: dict) -> ModelConfig:
-    """The model config at the commit a Hub model resolved to (unchanged for a local folder)."""
+def pinned(source: Source, identity: dict) -> Source:
+    """The source at the commit a Hub model or adapter resolved to (unchanged for a folder), so that what is
+    loaded is what the stage recorded."""
     import dataclasses
 
-    return dataclasses.replace(cfg, revision=identity["commit"]) if "commit" in identity else cfg
+    return dataclasses.replace(source, revision=identity["commit"]) if "commit" in identity else source
 
 
-def model_identity(cfg: ModelConfig, source: str) -> dict:
-    """A local model folder by the sha256 of each of its files; a Hub model by the commit its revision resolves
-    to (load it with `revision` set to that commit, so that what runs is what was recorded)."""
-    from pipeline import models
-
-    if models.is_local_source(source):
-        folder = Path(source)
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+def model_identity(cfg: ModelConfig, source: Source) -> dict:
+    """A local model folder by the sha256 of each of its files (the stat cache under cfg's cache dir); a Hub model
+    by the commit its revision resolves to (load it pinned() to that commit)."""
+    if source.kind != "hub":
+        files = sorted(p for p in Path(source.location).iterdir() if p.is_file() and not p.name.startswith(".")
                        and p.name not in IGNORED_FILES)
-        return {"files": file_hashes(files, models.cache_root(cfg))}
-    return {"hub": source, "commit": hub_commit(source, cfg.revision, models.hf_token(cfg), "config.json",
-                                                "model.source")}
+        return {"files": file_hashes(files, cache_root(cfg))}
+    return {"hub": source.location, "commit": hub_commit(source, "config.json")}
 
 
-def adapter_identity(source: str, revision: str | None, cfg: ModelConfig, key: str) -> dict:
+def adapter_identity(source: Source, cfg: ModelConfig) -> dict:
     """A local adapter by the sha256 of its config and weights (a new adapter at the same path is not the old
     one); a Hub adapter by the commit its revision resolves to."""
-    from pipeline import models
     from pipeline.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
-    if models.is_local_source(source):
-        return file_hashes([Path(source) / ADAPTER_CONFIG, Path(source) / ADAPTER_WEIGHTS], models.cache_root(cfg))
-    return {"hub": source, "commit": hub_commit(source, revision, models.hf_token(cfg), ADAPTER_CONFIG, key)}
+    if source.kind != "hub":
+        folder = Path(source.location)
+        return file_hashes([folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS], cache_root(cfg))
+    return {"hub": source.location, "commit": hub_commit(source, ADAPTER_CONFIG)}
 
 
-def hub_commit(repo_id: str, revision: str | None, token: str | None, filename: str, key: str) -> str:
-    """The commit `revision` (default main) of a Hub repository resolves to now. It comes from the file's place
-    in the Hub cache (snapshots/<commit>/<file>), so it also works offline from a cache (HF_HUB_OFFLINE=1)."""
+def hub_commit(source: Source, filename: str) -> str:
+    """The commit a Hub source's revision (default main) resolves to now. It comes from the file's place in the
+    Hub cache (snapshots/<commit>/<file>), so it also works offline from a cache (HF_HUB_OFFLINE=1)."""
     from huggingface_hub import hf_hub_download
 
     try:
-        path = hf_hub_download(repo_id, filename, revision=revision, token=token)
+        path = hf_hub_download(source.location, filename, revision=source.revision, token=source.token)
     except Exception as exc:
-        raise hub_error(exc, f"{key}: cannot resolve {repo_id!r} at revision {revision or 'main'}",
+        raise hub_error(exc, f"{source.key}: cannot resolve {source.location!r} at revision "
+                             f"{source.revision or 'main'}",
                         "download it where there is network and use its local directory") from None
     return Path(path).parent.name
 

@@ -27,7 +27,7 @@ import transformers
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from pipeline import card, cpu_tuning, data, identity, models, tracking
+from pipeline import card, cpu_tuning, data, identity, models, sources, tracking
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Interrupted, ResourceError, first_line, is_out_of_memory
 from pipeline.prompt import fit_inputs, training_ids
@@ -55,19 +55,19 @@ def train(cfg: Config, output_dir: Path) -> Path:
     args = training_arguments(cfg, stage_dir / "checkpoints")
     splits = load_splits(cfg)
     with args.main_process_first(local=True):  # one process converts the embedded model, the others reuse it
-        source = models.resolve_source(cfg.model)
+        source = sources.model_source(cfg.model)
     inputs = identity.train_inputs(cfg, splits, source)  # by content: the rows, the model, the prompt
     digest = inputs_hash(inputs)
     check_stage_dir(stage_dir, "train", digest)  # another config's checkpoints: refused, before any work
     if summary_path.is_file() and recorded_hash(stage_dir) == digest:
         log.info("train: already finished in %s from the same inputs, skipping", stage_dir)
         return stage_dir
-    model_cfg = identity.pinned_model(cfg.model, inputs["model"])
-    tokenizer = models.load_tokenizer(model_cfg, source)
+    source = identity.pinned(source, inputs["model"])
+    tokenizer = models.load_tokenizer(cfg.model, source)
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ConfigError(f"the tokenizer of {cfg.model.source} has no pad token distinct from EOS; padding with "
                           "EOS would mask EOS from the loss and the model would never learn to stop")
-    model = models.load_model(model_cfg, source)
+    model = models.load_model(cfg.model, source)
     models.check_target_modules(model, cfg.lora.target_modules, cfg.model.source)
     with args.main_process_first(local=False):  # across nodes too: the output dir is shared
         claim_stage_dir(stage_dir, "train", inputs)  # only now: a run that failed on its inputs leaves none
@@ -154,7 +154,7 @@ def training_arguments(cfg: Config, checkpoint_dir: Path) -> SFTConfig:
 def load_splits(cfg: Config) -> dict[str, list[dict]]:
     """Every split the run uses, validated: the test split too, so that a bad test row never costs a training
     run (and train/test leakage is counted)."""
-    return data.load_splits(cfg.data, models.hf_token(cfg.model))
+    return data.load_splits(cfg.data, sources.hf_token(cfg.model))
 
 
 def build_trainer(cfg: Config, args: SFTConfig, model, tokenizer, train_set: Dataset,

@@ -58,7 +58,7 @@ def korean_rows(n: int, start: int = 0) -> list[dict]:
 def embedded_dir() -> Path:
     """The embedded Gemma 3 270M, converted once into the user cache (reused across sessions)."""
     from pipeline.config import ModelConfig
-    from pipeline.models import ensure_embedded_model
+    from pipeline.sources import ensure_embedded_model
 
     return ensure_embedded_model(ModelConfig())
 

@@ -12,7 +12,7 @@ from conftest import ROOT, write_splits
 from entrypoint import main
 from pipeline import card
 from pipeline.config import ModelConfig, load_config
-from pipeline.models import cache_root
+from pipeline.sources import cache_root
 
 INDEXED = ("rougeL", "rouge1", "rouge2", "rougeL_char", "bleu", "chrf", "chrfpp", "rougeL_question", "type_accuracy")
 

@@ -219,13 +219,13 @@ def test_input_files_people_produce(tmp_path, capsys, name, filename, content, e
 
 def test_bad_test_split_fails_train_before_any_model_loads(tmp_path, capsys, monkeypatch):
     """train validates the test split too: a bad test row must not cost a training run."""
-    from pipeline import models
+    from pipeline import models, sources
 
     for split in data.SPLITS:
         write_jsonl(tmp_path / f"{split}.jsonl", korean_rows(4))
     (tmp_path / "test.jsonl").write_bytes(b'{"input": "\xc3\x28", "target": "x"}\n')
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    monkeypatch.setattr(models, "resolve_source", lambda *a, **k: pytest.fail("the model was resolved"))
+    monkeypatch.setattr(sources, "model_source", lambda *a, **k: pytest.fail("the model was resolved"))
     assert main(["train", f"data.source={tmp_path}", f"output.dir={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "test.jsonl (split test) line 1: not valid UTF-8" in err[-1]

@@ -396,13 +396,14 @@ def test_base_and_two_adapters_in_one_pass(reference, two_adapters, tiny_model_d
 
 
 def test_merged_adapters_leave_bf16_base_weights_bit_identical(two_adapters, tiny_model_dir):
-    from pipeline import adapters, models
+    from pipeline import adapters, models, sources
 
     cfg = Config(model=ModelConfig(source=str(tiny_model_dir), dtype="bfloat16"))
     model = models.load_model(cfg.model).eval()
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
     for name, path in two_adapters.items():
-        with adapters.merged(model, adapters.Adapter(name, str(path), f"generate.adapters.{name}"), cfg) as tuned:
+        adapter = adapters.Adapter(name, sources.adapter_source(str(path), f"generate.adapters.{name}", cfg.model))
+        with adapters.merged(model, adapter) as tuned:
             assert any(not torch.equal(p, before[n]) for n, p in tuned.named_parameters())  # really merged
     assert all(torch.equal(param, before[name]) for name, param in model.named_parameters())
 

@@ -8,9 +8,9 @@ import torch
 
 from conftest import GEMMA_CHAT_TEMPLATE, ROOT
 from entrypoint import main
-from pipeline import models
+from pipeline import models, sources
 from pipeline.config import ModelConfig
-from pipeline.errors import ConfigError, ResourceError
+from pipeline.errors import ConfigError
 
 KOREAN = "(다른 관점 생각하기) 아무것도 없는 나라들은 어떻습니까? ### context: 무역은 제로섬이 아니다."
 
@@ -20,9 +20,9 @@ def test_embedded_conversion_round_trips(embedded_dir, tmp_path):
     """The cached safetensors equal the GGUF's dequantized weights, and the tokenizers agree."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = models.assemble_embedded_gguf(tmp_path)
+    gguf = sources.assemble_embedded_gguf(tmp_path)
     from_gguf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf.name, dtype=torch.float32)
-    reloaded = models.load_model(ModelConfig(), str(embedded_dir))
+    reloaded = models.load_model(ModelConfig(), sources.model_source(ModelConfig()))
     assert sorted(os.listdir(embedded_dir)) == sorted(
         ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
     expected, actual = from_gguf.state_dict(), reloaded.state_dict()
@@ -31,22 +31,9 @@ def test_embedded_conversion_round_trips(embedded_dir, tmp_path):
         assert torch.equal(tensor, actual[name]), name
     assert sum(p.numel() for p in reloaded.parameters()) == 268_098_176
     gguf_tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf.name)
-    saved_tokenizer = models.load_tokenizer(ModelConfig(), str(embedded_dir))
+    saved_tokenizer = models.load_tokenizer(ModelConfig(), sources.model_source(ModelConfig()))
     assert gguf_tokenizer(KOREAN)["input_ids"] == saved_tokenizer(KOREAN)["input_ids"]
     assert (saved_tokenizer.pad_token, saved_tokenizer.eos_token) == ("<pad>", "<eos>")
-
-
-def test_interrupted_conversion_leaves_no_half_model(tmp_path, monkeypatch):
-    def interrupted(folder):
-        (folder / "partial.gguf").parent.mkdir(parents=True, exist_ok=True)
-        (folder / "partial.gguf").write_bytes(b"GGUF" + b"\0" * 1000)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(models, "assemble_embedded_gguf", interrupted)
-    cfg = ModelConfig(cache_dir=str(tmp_path))
-    with pytest.raises(KeyboardInterrupt):
-        models.ensure_embedded_model(cfg)
-    assert list((tmp_path / "embedded").iterdir()) == []
 
 
 @pytest.mark.subprocess
@@ -151,25 +138,3 @@ def test_hub_id_offline_says_so_and_never_shows_the_token(tmp_path):
     assert "HF_HUB_OFFLINE is set" in result.stderr and "local directory" in result.stderr
     for fragment in (token, token[3:], token[-8:]):
         assert fragment not in result.stdout + result.stderr
-
-
-def test_token_sources(tmp_path, monkeypatch):
-    monkeypatch.delenv("HF_TOKEN_FILE", raising=False)
-    monkeypatch.setenv("HF_TOKEN", "from-env")
-    assert models.hf_token(ModelConfig()) == "from-env"
-    token_file = tmp_path / "token"
-    token_file.write_text("from-file\n")
-    assert models.hf_token(ModelConfig(token_file=str(token_file))) == "from-file"
-    monkeypatch.setenv("HF_TOKEN_FILE", str(token_file))
-    assert models.hf_token(ModelConfig()) == "from-file"
-    with pytest.raises(ConfigError, match="cannot read the Hub token file"):
-        models.hf_token(ModelConfig(token_file=str(tmp_path / "missing")))
-
-
-def test_cache_dir_follows_hf_home_and_xdg(monkeypatch, tmp_path):
-    monkeypatch.delenv("HF_HOME", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert models.cache_root(ModelConfig()) == tmp_path / "xdg" / "socratic-lora"
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    assert models.cache_root(ModelConfig()) == tmp_path / "hf" / "socratic-lora"
-    assert models.cache_root(ModelConfig(cache_dir=str(tmp_path / "mine"))) == tmp_path / "mine"

@@ -17,7 +17,7 @@ from entrypoint import main
 from eval import metrics
 from eval import report as report_module
 from eval.score import checkpoint_points, score, tracked_values
-from pipeline import card, data, identity, models
+from pipeline import card, data, identity, sources
 from pipeline.config import Config, load_config
 from pipeline.stage import claim_stage_dir, write_json_atomic
 
@@ -81,7 +81,7 @@ def config_for(out, rows, extra=None, overrides=(), **score_settings) -> Config:
 def record_finished_stages(cfg: Config, out) -> None:
     """stage.json of train and generate, as the stages record them when they start."""
     splits = data.load_splits(cfg.data, None)
-    source = models.resolve_source(cfg.model)
+    source = sources.model_source(cfg.model)
     claim_stage_dir(out / "train", "train", identity.train_inputs(cfg, splits, source))
     claim_stage_dir(out / "generate", "generate", identity.generate_inputs(cfg, out, splits["test"], source)[1])
 

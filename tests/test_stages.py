@@ -8,7 +8,7 @@ import pytest
 
 from conftest import korean_rows, write_jsonl, write_splits
 from entrypoint import main
-from pipeline import identity, prompt
+from pipeline import identity, prompt, sources
 from pipeline.config import ModelConfig
 
 
@@ -127,18 +127,22 @@ def test_a_hub_model_is_identified_by_the_commit_its_revision_resolves_to(tmp_pa
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_TOKEN", "hf_FAKEtokenNotAnIdentity123")
     cfg = ModelConfig(source="google/gemma-3-1b-it")
+    source = sources.model_source(cfg)
     (repo / "refs" / "main").write_text("a" * 40)
-    first = identity.model_identity(cfg, cfg.source)
+    first = identity.model_identity(cfg, source)
     (repo / "refs" / "main").write_text("b" * 40)  # main moved to a new commit
-    second = identity.model_identity(cfg, cfg.source)
-    assert first == {"hub": "google/gemma-3-1b-it", "commit": "a" * 40}
+    second = identity.model_identity(cfg, source)
+    assert first == {"hub": "google/gemma-3-1b-it", "commit": "a" * 40}  # no token in what is hashed and written
     assert second == {"hub": "google/gemma-3-1b-it", "commit": "b" * 40}
-    assert identity.pinned_model(cfg, second).revision == "b" * 40  # what is loaded is what was recorded
+    assert identity.pinned(source, second).revision == "b" * 40  # what is loaded is what was recorded
+    assert identity.pinned(source, second).token == source.token  # and still with the token to load it
     from pipeline.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set and it is not in the local Hub cache"):
-        identity.model_identity(ModelConfig(source="google/gemma-3-4b-it"), "google/gemma-3-4b-it")
+    with pytest.raises(ConfigError, match="model.source: cannot resolve 'google/gemma-3-4b-it' at revision main: "
+                                          "HF_HUB_OFFLINE is set and it is not in the local Hub cache"):
+        identity.model_identity(cfg, sources.model_source(ModelConfig(source="google/gemma-3-4b-it")))
 
 
 def test_outputs_of_a_version_that_recorded_config_keys_only_are_not_taken_over(tiny_model_dir, evaluated):
