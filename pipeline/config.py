@@ -1,162 +1,187 @@
-"""One typed config for the whole job: frozen dataclasses, loaded from YAML, with dotted CLI overrides.
+"""One typed config for the whole job: frozen pydantic dataclasses, loaded from YAML, with dotted CLI overrides.
 
     cfg = load_config("configs/demo.yaml", ["train.learning_rate=2e-4", "lora.target_modules=[q_proj,v_proj]"])
 
 Unknown keys and wrong types raise ConfigError naming the dotted key, so a typo never silently falls back to
-a default (the tutorial's `q_prog` typo is the cautionary tale).
+a default (the tutorial's `q_prog` typo is the cautionary tale). The sections are pydantic dataclasses: types and
+ranges are declared on the fields and checked by pydantic, strictly (`1` is no bool, `1.0` or "16" no int), and
+the sections stay plain dataclasses to the rest of the job (`dataclasses.replace` validates again).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import importlib.util
-import math
 import re
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
 
 from pipeline.errors import ConfigError
 
 EMBEDDED_GEMMA_270M = "embedded:gemma-3-270m"
 
 
-@dataclass(frozen=True)
+def _number_text(value):
+    # YAML 1.1 reads "2e-4" (no dot) as a string; accept any text that is a plain number.
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _listed(value):
+    return [value] if isinstance(value, str) else value  # `stop_strings: "\n"` is a list of one
+
+
+section = functools.partial(dataclass, frozen=True, config=ConfigDict(extra="forbid"))
+Positive = Annotated[StrictInt, Field(gt=0)]
+NonNegative = Annotated[StrictInt, Field(ge=0)]
+# nan passes every range check (all comparisons are false) and fails late.
+Number = Annotated[float, BeforeValidator(_number_text), Field(strict=True, allow_inf_nan=False)]
+Names = Annotated[tuple[StrictStr, ...], BeforeValidator(_listed)]
+
+
+@section
 class ModelConfig:
     # A Hub id (google/gemma-3-1b-it), a local directory with safetensors, or embedded:gemma-3-270m.
-    source: str = EMBEDDED_GEMMA_270M
-    revision: Optional[str] = None
+    source: StrictStr = EMBEDDED_GEMMA_270M
+    revision: Optional[StrictStr] = None
     # Where the embedded model is converted to; default: $HF_HOME/socratic-lora, else $XDG_CACHE_HOME/socratic-lora.
-    cache_dir: Optional[str] = None
+    cache_dir: Optional[StrictStr] = None
     # File holding a Hub token; otherwise HF_TOKEN or HF_TOKEN_FILE from the environment.
-    token_file: Optional[str] = None
+    token_file: Optional[StrictStr] = None
     # auto = bf16 on GPUs that support it, fp32 on CPU. float16 is refused for Gemma 3 when the model's config is
     # read (its activations overflow fp16 and the loss turns NaN).
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     # An existing LoRA adapter to evaluate as "tuned" instead of training one: a local directory with
     # adapter_config.json + adapter_model.safetensors, or a Hub id (at adapter_revision). `run` then skips training.
-    adapter: Optional[str] = None
-    adapter_revision: Optional[str] = None
+    adapter: Optional[StrictStr] = None
+    adapter_revision: Optional[StrictStr] = None
 
 
-@dataclass(frozen=True)
+@section
 class DataConfig:
     # A Hub dataset id, or a local directory holding {train,validation,test}.{jsonl,csv,parquet}.
-    source: str = "data/sample"
+    source: StrictStr = "data/sample"
     # Optional per-split files; they take precedence over `source` for that split.
-    train_path: Optional[str] = None
-    validation_path: Optional[str] = None
-    test_path: Optional[str] = None
-    revision: Optional[str] = None
-    input_column: str = "input"
-    target_column: str = "target"
+    train_path: Optional[StrictStr] = None
+    validation_path: Optional[StrictStr] = None
+    test_path: Optional[StrictStr] = None
+    revision: Optional[StrictStr] = None
+    input_column: StrictStr = "input"
+    target_column: StrictStr = "target"
     # A column holding the question type (the English SoQG layout: thought / question / label): the target then
     # becomes "(label) question", the layout type accuracy and the per-type table read. null: the target carries it.
-    label_column: Optional[str] = None
+    label_column: Optional[StrictStr] = None
     # The first N rows (not a random sample), so runs are comparable; null = the whole split.
-    max_train_samples: Optional[int] = None
-    max_validation_samples: Optional[int] = None
-    max_test_samples: Optional[int] = None
+    max_train_samples: Optional[Positive] = None
+    max_validation_samples: Optional[Positive] = None
+    max_test_samples: Optional[Positive] = None
 
 
-@dataclass(frozen=True)
+@section
 class PromptConfig:
     # plain: the "### context: ...\n### question:" layout; chat: the same text inside the tokenizer's chat template.
     format: Literal["plain", "chat"] = "plain"
 
 
-@dataclass(frozen=True)
+@section
 class LoraConfig:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    r: Positive = 16
+    alpha: Positive = 32
+    dropout: Annotated[Number, Field(ge=0, lt=1)] = 0.05
+    target_modules: Annotated[Names, Field(min_length=1)] = ("q_proj", "k_proj", "v_proj", "o_proj")
     bias: Literal["none", "all", "lora_only"] = "none"
 
 
-@dataclass(frozen=True)
+@section
 class TrainConfig:
-    learning_rate: float = 1e-4
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    optim: str = "adamw_torch"
-    lr_scheduler_type: str = "linear"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    logging_steps: int = 10
-    save_steps: int = 50
-    save_total_limit: int = 2
-    seed: int = 42
+    learning_rate: Annotated[Number, Field(gt=0)] = 1e-4
+    num_train_epochs: Annotated[Number, Field(ge=0)] = 1.0
+    max_steps: StrictInt = -1
+    per_device_train_batch_size: Positive = 4
+    gradient_accumulation_steps: Positive = 1
+    optim: StrictStr = "adamw_torch"
+    lr_scheduler_type: StrictStr = "linear"
+    warmup_ratio: Annotated[Number, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[Number, Field(ge=0)] = 0.0
+    max_grad_norm: Annotated[Number, Field(ge=0)] = 1.0
+    logging_steps: Positive = 10
+    save_steps: Positive = 50
+    save_total_limit: StrictInt = 2
+    seed: NonNegative = 42
     # Off by default: it trades ~40% speed for memory, which a 1B LoRA run does not need.
-    gradient_checkpointing: bool = False
-    padding_free: bool = True
+    gradient_checkpointing: StrictBool = False
+    padding_free: StrictBool = True
     # Prompts longer than this are cut from the left of the context (the completion is never cut).
-    max_prompt_tokens: int = 512
+    max_prompt_tokens: Positive = 512
     # The Trainer's own search: halve the batch on an out-of-memory error and retry (GPU).
-    auto_find_batch_size: bool = False
+    auto_find_batch_size: StrictBool = False
     # Trainer integrations to log to (each must be installed); the score stage logs its metrics to the same run.
-    report_to: tuple[Literal["tensorboard", "mlflow", "wandb", "trackio"], ...] = ()
+    report_to: Annotated[tuple[Literal["tensorboard", "mlflow", "wandb", "trackio"], ...],
+                         BeforeValidator(_listed)] = ()
     # Also save the tokenizer into the adapter folder. Off: training never changes the tokenizer, and the copy is
     # 33 MB next to a 6 MB adapter; serving loads the base model's own.
-    save_tokenizer: bool = False
+    save_tokenizer: StrictBool = False
 
 
-@dataclass(frozen=True)
+@section
 class GenerateConfig:
     # auto: start at max_batch_size and halve on an out-of-memory error (accelerate's find_executable_batch_size).
-    batch_size: Union[int, Literal["auto"]] = 8
-    max_batch_size: int = 64
-    max_new_tokens: int = 64
-    max_prompt_tokens: int = 512
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 42
+    batch_size: Union[Positive, Literal["auto"]] = 8
+    max_batch_size: Positive = 64
+    max_new_tokens: Positive = 64
+    max_prompt_tokens: Positive = 512
+    do_sample: StrictBool = False
+    temperature: Annotated[Number, Field(gt=0)] = 1.0
+    top_p: Annotated[Number, Field(gt=0, le=1)] = 1.0
+    seed: NonNegative = 42
     # A question is one line: stop at the first newline that follows some text.
-    stop_strings: tuple[str, ...] = ("\n",)
+    stop_strings: Names = ("\n",)
     # More adapters to evaluate in the same pass, {name: local dir or Hub id}: the base model is loaded once.
-    adapters: dict[str, str] = field(default_factory=dict)
+    adapters: dict[StrictStr, StrictStr] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@section
 class ScoreConfig:
     # How ROUGE and BLEU split text into tokens: Korean morphemes (mecab-ko), sacrebleu's 13a or intl for
     # space-separated languages, or characters.
     tokenize: Literal["ko-mecab", "13a", "intl", "char"] = "ko-mecab"
-    bootstrap_samples: int = 1000
-    seed: int = 12345
-    num_examples: int = 10
+    bootstrap_samples: Positive = 1000
+    seed: NonNegative = 12345
+    num_examples: NonNegative = 10
     # The model the paired-bootstrap deltas are taken against.
-    reference: str = "base"
+    reference: StrictStr = "base"
     # Also evaluate every training checkpoint still on disk (one metric point per saved step in the report).
-    checkpoints: bool = False
+    checkpoints: StrictBool = False
 
 
-@dataclass(frozen=True)
+@section
 class ExportConfig:
     # `export` generates the first N test rows with the merged model and with base + adapter before it keeps the
     # merged model: greedy outputs must be identical in float32.
-    check_rows: int = 32
+    check_rows: Positive = 32
     # In bf16 (or fp16) merging rounds the weights: the share of identical rows below which export fails (exit 1).
     # Measured on CPU, 32 rows: 0.84 on Gemma 3 270M with a random r=16 adapter, 0.81 on the tests' tiny model; a
     # merge with a tampered weight (tests/test_export.py) shared none.
-    min_identical_share: float = 0.75
+    min_identical_share: Annotated[Number, Field(ge=0, le=1)] = 0.75
 
 
-@dataclass(frozen=True)
+@section
 class OutputConfig:
-    dir: str = "outputs/demo"
+    dir: StrictStr = "outputs/demo"
 
 
-@dataclass(frozen=True)
+@section
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -181,9 +206,13 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
             raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = {name: {} if value is None else value for name, value in raw.items()}  # `train:` alone: the defaults
     for item in overrides:
         _apply_override(raw, item)
-    cfg = _build(Config, raw, prefix="")
+    try:
+        cfg = TypeAdapter(Config).validate_python(raw)
+    except ValidationError as exc:
+        raise _config_error(exc.errors(), overrides) from None
     validate(cfg)
     return cfg
 
@@ -202,47 +231,9 @@ def to_dict(cfg: Config) -> dict:
 def validate(cfg: Config) -> None:
     """Checks across fields that types alone cannot express. Values only the installed transformers/TRL can judge
     (optimizer and scheduler names) are checked by the train stage before any model loads."""
-    positive = {
-        "lora.r": cfg.lora.r, "lora.alpha": cfg.lora.alpha, "train.learning_rate": cfg.train.learning_rate,
-        "train.per_device_train_batch_size": cfg.train.per_device_train_batch_size,
-        "train.gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,
-        "train.logging_steps": cfg.train.logging_steps, "train.save_steps": cfg.train.save_steps,
-        "train.max_prompt_tokens": cfg.train.max_prompt_tokens, "generate.max_batch_size": cfg.generate.max_batch_size,
-        "generate.max_new_tokens": cfg.generate.max_new_tokens,
-        "generate.max_prompt_tokens": cfg.generate.max_prompt_tokens,
-        "score.bootstrap_samples": cfg.score.bootstrap_samples, "export.check_rows": cfg.export.check_rows,
-    }
-    if cfg.generate.batch_size != "auto":
-        positive["generate.batch_size"] = cfg.generate.batch_size
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
-    non_negative = {"score.num_examples": cfg.score.num_examples, "score.seed": cfg.score.seed,
-                    "train.seed": cfg.train.seed, "generate.seed": cfg.generate.seed,
-                    "train.weight_decay": cfg.train.weight_decay, "train.max_grad_norm": cfg.train.max_grad_norm,
-                    "train.num_train_epochs": cfg.train.num_train_epochs}
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
     if cfg.train.max_steps != -1 and cfg.train.max_steps <= 0:
         raise ConfigError(f"train.max_steps must be > 0, or -1 to train for train.num_train_epochs; got "
                           f"{cfg.train.max_steps}")
-    if not 0.0 <= cfg.lora.dropout < 1.0:
-        raise ConfigError(f"lora.dropout must be in [0, 1), got {cfg.lora.dropout}")
-    if not 0.0 <= cfg.train.warmup_ratio < 1.0:
-        raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {cfg.train.warmup_ratio}")
-    if not cfg.generate.temperature > 0:
-        raise ConfigError(f"generate.temperature must be > 0, got {cfg.generate.temperature}")
-    if not 0.0 < cfg.generate.top_p <= 1.0:
-        raise ConfigError(f"generate.top_p must be in (0, 1], got {cfg.generate.top_p}")
-    if not 0.0 <= cfg.export.min_identical_share <= 1.0:
-        raise ConfigError(f"export.min_identical_share must be in [0, 1], got {cfg.export.min_identical_share}")
-    if not cfg.lora.target_modules:
-        raise ConfigError("lora.target_modules must name at least one module")
-    for key in ("max_train_samples", "max_validation_samples", "max_test_samples"):
-        value = getattr(cfg.data, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"data.{key} must be > 0 or null, got {value}")
     for name in cfg.generate.adapters:
         if name in RESERVED_MODEL_NAMES or not MODEL_NAME.fullmatch(name) or name.startswith("checkpoint-"):
             raise ConfigError(f"generate.adapters: {name!r} cannot name an adapter: use letters, digits, '.', '_' "
@@ -270,114 +261,46 @@ REMOVED_KEYS = {
 }
 
 
-# --- building typed dataclasses from plain YAML values -------------------------------------------------------
-
 def _apply_override(raw: dict, item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {item!r} is not of the form section.key=value")
-    parts = key.split(".")
-    cls = Config
-    for depth, part in enumerate(parts):
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        if part not in fields:
-            raise unknown_key(key)
-        hint = typing.get_type_hints(cls)[part]
-        is_last = depth == len(parts) - 1
-        if typing.get_origin(hint) is dict and depth == len(parts) - 2:  # generate.adapters.NAME=path
-            break
-        if dataclasses.is_dataclass(hint) != (not is_last):
-            raise ConfigError(f"{key}: override a single value such as {key}.<field>=..., not a whole section"
-                              if is_last else f"unknown config key: {key}")
-        cls = hint
+    *sections, name = key.split(".")
+    if not sections:  # a section replaced whole would drop the file's other keys of it without a word
+        raise ConfigError(f"{key}: override a single value such as {key}.<field>=..., not a whole section")
     node = raw
-    for part in parts[:-1]:
+    for part in sections:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"config section {part!r} must be a mapping")
     try:
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+        node[name] = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
-        node[parts[-1]] = text
+        node[name] = text
 
 
-def _build(cls, raw, prefix: str):
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in names:
-            raise unknown_key(f"{prefix}{key}")
-    values = {}
-    for name in names & raw.keys():
-        hint = hints[name]
-        key = prefix + name
-        if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, raw[name], key + ".")
-        else:
-            values[name] = _coerce(raw[name], hint, key)
-    return cls(**values)
+def _config_error(errors: list[dict], overrides: typing.Sequence[str]) -> ConfigError:
+    """One line naming the dotted key of pydantic's first error (all of a union's alternatives together)."""
+    first, key, hint, alternatives = errors[0], "", Config, errors[:1]
+    for part in first["loc"]:
+        if typing.get_origin(hint) is dict:  # generate.adapters.NAME
+            key, hint = f"{key}.{part}", None
+        elif isinstance(part, int):
+            key += f"[{part}]"
+        elif dataclasses.is_dataclass(hint) and part in (names := [f.name for f in dataclasses.fields(hint)]):
+            key, hint = f"{key}.{part}".lstrip("."), typing.get_type_hints(hint)[part]
+        elif first["type"] == "unexpected_keyword_argument":
+            return _unknown_key(f"{key}.{part}".lstrip("."), names, overrides)
+        else:  # a tag: "[key]", or a union member's (generate.batch_size: int or "auto"), and then say what each takes
+            alternatives = [e for e in errors if e["loc"][:-1] == first["loc"][:-1]]
+            break
+    wanted = " or ".join([first["msg"]] + [e["msg"].removeprefix("Input should be ") for e in alternatives[1:]])
+    return ConfigError(f"{key}: {wanted}; got {first['input']!r}")
 
 
-def unknown_key(key: str) -> ConfigError:
-    return ConfigError(REMOVED_KEYS.get(key, f"unknown config key: {key}"))
-
-
-def _coerce(value, hint, key: str):
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            return _coerce(value, options[0], key)
-        for inner in options:  # int | Literal["auto"]: the first type that takes the value
-            try:
-                return _coerce(value, inner, key)
-            except ConfigError:
-                pass
-        expected = " or ".join(", ".join(map(str, typing.get_args(o))) if typing.get_origin(o) is Literal
-                               else f"a value of type {o.__name__}" for o in options)
-        raise ConfigError(f"{key}: expected {expected}; got {value!r}")
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of name: value, got {type(value).__name__} {value!r}")
-        return {_coerce(k, args[0], f"{key} (a name)"): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}; got {value!r}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        # YAML 1.1 reads "2e-4" (no dot) as a string; accept any text that is a plain number.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):  # nan passes every range check (all comparisons are false) and fails late
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
-        return value
-    raise TypeError(f"unsupported config type for {key}: {hint}")
+def _unknown_key(key: str, names: list[str], overrides: typing.Sequence[str]) -> ConfigError:
+    if key in REMOVED_KEYS:
+        return ConfigError(REMOVED_KEYS[key])
+    given = next((o.partition("=")[0] for o in overrides if o.startswith(key + ".")), key)
+    close = difflib.get_close_matches(key.rpartition(".")[2], names, n=1)
+    return ConfigError(f"unknown config key: {given}" + (f" (did you mean {close[0]}?)" if close else ""))

@@ -1,10 +1,12 @@
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
 from entrypoint import main
-from pipeline.config import load_config
+from pipeline.config import load_config, to_dict
 from pipeline.errors import ConfigError
 
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
@@ -123,3 +125,60 @@ def test_a_tracker_that_is_not_installed_is_named(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"train.report_to: wandb needs the wandb package"):
         load_config(None, ["train.report_to=[wandb]"])
+
+
+def test_the_demo_config_resolves_to_what_the_baseline_report_records():
+    """The stage hashes are taken over to_dict: every value the committed baseline recorded comes back the same,
+    to the JSON type (epochs 1 stays 1.0, lists stay lists)."""
+    import json
+
+    recorded = json.loads((ROOT / "examples/baseline-report.json").read_text(encoding="utf-8"))["config"]
+    resolved = to_dict(load_config(ROOT / "configs/demo.yaml"))
+    for section, values in recorded.items():
+        assert {key: resolved[section][key] for key in values} == values
+        assert json.dumps({key: resolved[section][key] for key in values}) == json.dumps(values)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lerning_rate=1", "unknown config key: train.lerning_rate (did you mean learning_rate?)"),
+    ("trian.learning_rate=1", "unknown config key: trian.learning_rate (did you mean train?)"),
+    ("train={learning_rate: 1}", "train: override a single value such as train.<field>=..., not a whole section"),
+    ("generate.batch_size=biggest", "generate.batch_size: Input should be a valid integer or 'auto'; got 'biggest'"),
+    ("generate.adapters.a=5", "generate.adapters.a: Input should be a valid string; got 5"),
+])
+def test_a_bad_override_says_what_would_do(override, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, [override])
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("text, key", [
+    ("lora:\n  r: '16'\n", "lora.r"), ("lora:\n  r: 16.0\n", "lora.r"), ("lora:\n  r: true\n", "lora.r"),
+    ("train:\n  gradient_checkpointing: 1\n", "train.gradient_checkpointing"),
+    ("train:\n  learning_rate: true\n", "train.learning_rate"), ("output:\n  dir: 5\n", "output.dir"),
+    ("trainer:\n  seed: 1\n", "trainer (did you mean train?)"), ("lora: 5\n", "lora"),
+])
+def test_yaml_values_are_taken_as_written_not_converted(tmp_path, text, key):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(bad)
+
+
+def test_yaml_shorthands_that_are_meant(tmp_path):
+    path = tmp_path / "short.yaml"
+    path.write_text("train:\n  learning_rate: 2e-4\n  num_train_epochs: 2\nlora:\n  target_modules: q_proj\nscore:\n")
+    cfg = load_config(path)
+    assert cfg.train.learning_rate == 2e-4 and type(cfg.train.num_train_epochs) is float  # YAML 1.1: "2e-4" is text
+    assert cfg.lora.target_modules == ("q_proj",) and cfg.score == load_config(None).score
+
+
+def test_sections_stay_frozen_dataclasses_that_check_a_replaced_value():
+    """Stages derive configs with dataclasses.replace (export, identity pinning): the result is checked again."""
+    cfg = load_config(None)
+    changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=7))
+    assert changed.train.seed == 7 and changed.lora == cfg.lora and to_dict(changed)["train"]["seed"] == 7
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.seed = 7
+    with pytest.raises(ValueError, match="greater than 0"):
+        dataclasses.replace(cfg.lora, r=0)
