@@ -229,8 +229,12 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
 @cli.command("compare")
 @click.option("--baseline", type=click.Path(exists=True, dir_okay=False), required=True, help="report.json to hold.")
 @click.option("--candidate", type=click.Path(exists=True, dir_okay=False), required=True, help="report.json to check.")
-@click.option("--max-drop", required=True, help="Allowed drop (rise, for failure rates) per metric, e.g. "
+@click.option("--max-drop", default=None, help="Allowed drop (rise, for failure rates) per metric, e.g. "
               "rougeL=0.01,bleu=0.5,empty_rate=0.02.")
+@click.option("--max-drop-per-type", default=None, help="Allowed drop per metric within each question type of at "
+              "least --min-type-rows rows, e.g. rougeL=0.05 (same form as --max-drop; either or both).")
+@click.option("--min-type-rows", type=int, default=30, show_default=True,
+              help="Question types with fewer rows are shown as too few to judge and not gated.")
 @click.option("--model", default="tuned", show_default=True, help="The model of both reports to gate.")
 @click.option("--baseline-predictions", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The baseline's predictions.jsonl, when it is not where its report says.")
@@ -242,20 +246,35 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
               help="Compare reports made on different test rows or metric settings (said in the table).")
 @click.option("--require-improvement", is_flag=True,
               help="Also fail unless the candidate model beats its base with p < 0.05 on these metrics.")
+@click.option("--regression-threshold", type=float, default=0.05, show_default=True,
+              help="A paired row regressed (improved) when its ROUGE-L fell (rose) by more than this.")
 @click.option("--format", "output_format", type=click.Choice(["text", "markdown"]), default="text",
               show_default=True, help="markdown: a table for $GITHUB_STEP_SUMMARY or a pull request.")
-def compare_command(baseline: str, candidate: str, max_drop: str, model: str, baseline_predictions: str | None,
-                    rule: str, unpaired: bool, allow_different_data: bool, require_improvement: bool,
-                    output_format: str) -> None:
-    """Regression gate for CI: exit 0 when nothing got worse beyond its limit, 1 with a table otherwise, 2 when the
-    reports cannot be compared (other test rows or metric settings, another schema version)."""
-    from eval.compare import compare, format_verdict, parse_max_drop
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write compare.html here: the checks, the per-type checks and the worst regressed rows.")
+def compare_command(baseline: str, candidate: str, max_drop: str | None, max_drop_per_type: str | None,
+                    min_type_rows: int, model: str, baseline_predictions: str | None, rule: str, unpaired: bool,
+                    allow_different_data: bool, require_improvement: bool, regression_threshold: float,
+                    output_format: str, html_path: str | None) -> None:
+    """Regression gate for CI: exit 0 when nothing got worse beyond its limit (overall, and per question type with
+    --max-drop-per-type), 1 with a table otherwise, 2 when the reports cannot be compared (other test rows or
+    metric settings, an unreadable schema version) or an option is wrong."""
+    from eval.compare import compare, parse_max_drop
+    from eval.verdict import compare_html, format_verdict
+    from pipeline.stage import write_text_atomic
 
-    verdict = compare(Path(baseline), Path(candidate), parse_max_drop(max_drop), model=model, rule=rule,
-                      require_improvement=require_improvement, unpaired=unpaired,
+    verdict = compare(Path(baseline), Path(candidate), parse_max_drop(max_drop) if max_drop is not None else {},
+                      model=model, rule=rule, require_improvement=require_improvement, unpaired=unpaired,
                       baseline_predictions=Path(baseline_predictions) if baseline_predictions else None,
-                      allow_different_data=allow_different_data)
+                      allow_different_data=allow_different_data,
+                      max_drop_per_type=(parse_max_drop(max_drop_per_type, "--max-drop-per-type")
+                                         if max_drop_per_type is not None else {}),
+                      min_type_rows=min_type_rows, regression_threshold=regression_threshold)
     click.echo(format_verdict(verdict, markdown=output_format == "markdown"))
+    if html_path:
+        Path(html_path).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(html_path), compare_html(verdict))
+        click.echo(f"compare.html: {html_path}", err=True)
     if not verdict.passed:
         raise RegressionFound()
 

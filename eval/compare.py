@@ -1,6 +1,7 @@
 """Regression gate: compare a candidate report with a baseline report.
 
     python entrypoint.py compare --baseline A.json --candidate B.json --max-drop rougeL=0.01,bleu=0.5 [--rule point]
+        [--max-drop-per-type rougeL=0.05 --min-type-rows 30] [--regression-threshold 0.05] [--html compare.html]
 
 The two reports must describe the same test rows with the same metric settings (their fingerprints), or the gate
 refuses (exit 2) unless --allow-different-data. A metric regresses when the candidate model (--model, default
@@ -10,8 +11,8 @@ hit_max_new_tokens_rate) may not rise; lengths have no direction and cannot be g
 whether it pairs are its entry in eval/metrics.py's REGISTRY). A metric one report lacks (made by an older version)
 is exit 2 when it is gated and "—" in the table of the headline metrics not gated.
 
-When both reports' predictions are at hand, the rows are matched by id and the candidate-minus-baseline
-difference gets a 95% paired-bootstrap interval. What a limit means is the rule (--rule):
+When both reports' predictions are at hand, the rows are matched by id (eval/paired.py) and the
+candidate-minus-baseline difference gets a 95% paired-bootstrap interval. What a limit means is the rule (--rule):
 - point (default): fails when the measured drop is beyond the limit. The limit is what is enforced.
 - significant: fails only when the drop is beyond the limit *and* the interval excludes zero: noise alone never
   fails a build, but on a small test set a large real drop can pass.
@@ -20,117 +21,118 @@ difference gets a 95% paired-bootstrap interval. What a limit means is the rule 
 The interval is shown with every rule; significant and non-inferior need it (exit 2 without predictions). With
 --require-improvement the candidate model must also beat its own base model with a one-sided bootstrap
 p < 0.05 on each named metric.
+
+--max-drop-per-type gates each question type (the reference's "(type)" label) with at least --min-type-rows rows
+the same way, on that type's rows alone (its interval resamples only them): an average can hide a type that got
+worse. Smaller types are shown as "too few rows to judge" and not gated. With the predictions paired, the verdict
+also sorts the rows by their ROUGE-L change into regressed / improved / unchanged (beyond +-
+--regression-threshold) and keeps the worst regressed rows for the summary and compare.html (eval/verdict.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
 
 from eval import metrics
-from eval.report import SCHEMA_VERSION, cell, change, validate
-from eval.score import read_predictions
+from eval.paired import pair, predictions_of
+from eval.report import SCHEMA_VERSION, schema
+from eval.verdict import Check, TypeCheck, Verdict
 from pipeline.errors import ConfigError, DataError
-from pipeline.identity import file_sha256
 
 RULES = ("point", "significant", "non-inferior")
 P_THRESHOLD = 0.05
-
-
-@dataclass(frozen=True)
-class Check:
-    kind: str  # "drop": the gate on a metric; "improvement": --require-improvement
-    metric: str
-    baseline: float
-    candidate: float
-    limit: float
-    ok: bool
-    rule: str  # point, significant, non-inferior; or the significance test of --require-improvement
-    interval: tuple[float, float] | None = None
-
-
-@dataclass
-class Verdict:
-    checks: list[Check] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    # The headline metrics not gated, for context: (metric, the baseline model's metrics, the candidate's).
-    ungated: list[tuple[str, dict, dict]] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(check.ok for check in self.checks)
+# The report versions this gate reads. 3.1 added metrics and blocks (below) and changed none of 3.0's, so a 3.0
+# report compares with a 3.1 one on the metrics both have; what a 3.0 report lacks is "—", and exit 2 if gated.
+READABLE_VERSIONS = ("3.0", "3.1")
+ADDED_IN_3_1 = ("semantic", "sanity", "warnings", "types", "regressions", "per_type_deltas")
+WORST_ROWS = 20  # the worst regressed rows the verdict keeps (with their texts) for the summary and compare.html
 
 
 def load_report(path: Path) -> dict:
-    """A report.json of this schema version, checked against the schema: anything else is exit 2, naming why. A
-    metric it lacks (a report made before the metric was added) is no error here: it is exit 2 where it is gated,
-    and "—" in the tables."""
+    """A report.json of a READABLE_VERSIONS version, checked against the schema: anything else is exit 2, naming
+    why. A metric it lacks (a report made before the metric was added) is no error here: it is exit 2 where it is
+    gated, and "—" in the tables."""
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not a report.json: {exc}") from None
-    if not isinstance(report, dict) or report.get("schema_version") != SCHEMA_VERSION:
-        version = report.get("schema_version") if isinstance(report, dict) else None
-        raise DataError(f"{path} is a report of schema version {version!r}; this version compares {SCHEMA_VERSION!r} "
-                        "reports only: rescore it with this version (entrypoint.py score)")
+    version = report.get("schema_version") if isinstance(report, dict) else None
+    if version not in READABLE_VERSIONS:
+        raise DataError(f"{path} is a report of schema version {version!r}; this version compares "
+                        f"{' and '.join(map(repr, READABLE_VERSIONS))} reports only: rescore it with this version "
+                        "(entrypoint.py score)")
     try:
-        validate(report, complete=False)
+        jsonschema.validate(report, reader_schema(version))
     except jsonschema.ValidationError as exc:
         where = "/".join(map(str, exc.absolute_path)) or "the top level"
         raise DataError(f"{path} is not a valid report.json ({where}: {exc.message})") from None
     return report
 
 
-def parse_max_drop(text: str) -> dict[str, float]:
+def reader_schema(version: str) -> dict:
+    """This version's schema as a reader of `version` reports needs it: any readable version, metrics by name
+    (schema(complete=False)), and an older report without the blocks added since."""
+    result = schema(complete=False)
+    result["properties"]["schema_version"] = {"enum": list(READABLE_VERSIONS)}
+    if version != SCHEMA_VERSION:
+        result["required"] = [key for key in result["required"] if key not in ADDED_IN_3_1]
+    return result
+
+
+def parse_max_drop(text: str, option: str = "--max-drop") -> dict[str, float]:
     allowed = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
         try:
             limit = float(value)
         except ValueError:
-            raise ConfigError(f"--max-drop: {item!r} is not metric=number") from None
+            raise ConfigError(f"{option}: {item!r} is not metric=number") from None
         if not sep or not math.isfinite(limit) or limit < 0:
-            raise ConfigError(f"--max-drop: {item!r} is not metric=non-negative finite number")
+            raise ConfigError(f"{option}: {item!r} is not metric=non-negative finite number")
         allowed[name.strip()] = limit
     if not allowed:
-        raise ConfigError("--max-drop names no metric")
+        raise ConfigError(f"{option} names no metric")
     return allowed
 
 
 def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float], *, model: str = "tuned",
             rule: str = "point", require_improvement: bool = False, unpaired: bool = False,
-            baseline_predictions: Path | None = None, allow_different_data: bool = False) -> Verdict:
-    baseline, candidate = load_report(baseline_path), load_report(candidate_path)
-    verdict = Verdict()
+            baseline_predictions: Path | None = None, allow_different_data: bool = False,
+            max_drop_per_type: dict[str, float] | None = None, min_type_rows: int = 30,
+            regression_threshold: float = 0.05) -> Verdict:
+    per_type = max_drop_per_type or {}
+    if not max_drop and not per_type:
+        raise ConfigError("nothing to gate: name metrics in --max-drop or --max-drop-per-type")
     if rule not in RULES:
         raise ConfigError(f"--rule: {rule!r} is not one of {', '.join(RULES)}")
+    if not (math.isfinite(regression_threshold) and regression_threshold >= 0):
+        raise ConfigError(f"--regression-threshold: {regression_threshold} is not a non-negative finite number")
+    if min_type_rows < 1:
+        raise ConfigError(f"--min-type-rows: {min_type_rows} is not a positive number of rows")
+    baseline, candidate = load_report(baseline_path), load_report(candidate_path)
     differences = different_settings(baseline, candidate)
     if differences and not allow_different_data:
         raise ConfigError(f"the reports are not comparable: {'; '.join(differences)} (pass --allow-different-data "
                           "to compare them anyway)")
+    verdict = Verdict(model=model, min_type_rows=min_type_rows, reports={
+        "baseline": facts(baseline, baseline_path), "candidate": facts(candidate, candidate_path)})
     verdict.notes += [f"allowed by --allow-different-data: {difference}" for difference in differences]
     for name in (n for n in (model, "base") if n not in baseline["metrics"] or n not in candidate["metrics"]):
         raise ConfigError(f"--model: {name!r} is not a model of both reports (baseline: "
                           f"{', '.join(baseline['models'])}; candidate: {', '.join(candidate['models'])})")
-    for name in max_drop:
-        metric = metrics.metric(name)
-        if metric is None:
-            raise ConfigError(f"--max-drop: unknown metric {name!r}; reports have "
-                              f"{', '.join(sorted(candidate['metrics'][model]))}")
-        for which, report, path in (("baseline", baseline, baseline_path), ("candidate", candidate, candidate_path)):
-            if name not in report["metrics"][model]:
-                raise ConfigError(f"--max-drop: {name} is not in the {which} report {path} (made by another "
-                                  f"version?): rescore it, or leave {name} out of --max-drop")
-        if not metric.gateable:
-            rates = ", ".join(m.name for m in metrics.REGISTRY if m.direction == metrics.LOWER)
-            raise ConfigError(f"--max-drop: {name} describes the outputs and has no better direction; gate a "
-                              f"quality metric or a failure rate ({rates})")
+    for option, limits in (("--max-drop", max_drop), ("--max-drop-per-type", per_type)):
+        check_gated(option, limits, model, (baseline, baseline_path), (candidate, candidate_path))
+    gated = list(dict.fromkeys([*max_drop, *per_type]))
+    unpairable = [name for name in gated if not metrics.metric(name).pairable]
+    if rule != "point" and unpairable:
+        raise ConfigError(f"--rule {rule}: {', '.join(unpairable)} has no meaningful paired interval (eval/metrics.py: "
+                          "pairable); gate it in a separate compare with --rule point")
 
-    intervals, why_not = {}, None
+    paired, why_not = None, None
     if unpaired:
         why_not = "--unpaired"
     elif differences:
@@ -140,29 +142,26 @@ def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float
                    predictions_of(candidate, candidate_path, None))
         if None in sources:
             missing = baseline_path if sources[0] is None else candidate_path
-            why_not = f"the predictions of {missing} are not at hand (--baseline-predictions gives the baseline's)"
+            why_not = (f"the predictions of {missing} are not at hand (" + ("--baseline-predictions gives the "
+                       "baseline's)" if sources[0] is None else "they are read from where the report says)"))
         else:
-            intervals = paired_intervals(*sources, model, [n for n in max_drop if metrics.metric(n).pairable],
-                                         candidate)
-            verdict.notes.append(f"paired: {candidate['rows']} rows matched by id; intervals are 95% paired-bootstrap "
+            paired = pair(*sources, model, gated, candidate["metric_settings"]["tokenize"])
+            verdict.notes.append(f"paired: {len(paired.ids)} rows matched by id; intervals are 95% paired-bootstrap "
                                  "intervals of the candidate-minus-baseline change")
     if why_not:
         if rule != "point":
             raise ConfigError(f"--rule {rule} needs the paired interval, which is not available: {why_not}; use "
                               "--rule point")
-        verdict.notes.append(f"no intervals: {why_not}")
-    unpairable = [name for name in max_drop if not metrics.metric(name).pairable]
-    if rule != "point" and unpairable:
-        raise ConfigError(f"--rule {rule}: {', '.join(unpairable)} has no meaningful paired interval (eval/metrics.py: "
-                          "pairable); gate it in a separate compare with --rule point")
+        verdict.notes.append(f"no intervals: {why_not}; no per-row changes either")
     verdict.notes.append(f"rule: {rule}: {RULE_MEANING[rule]}")
+    samples, seed = (candidate["config"]["score"][key] for key in ("bootstrap_samples", "seed"))
 
+    intervals = paired.intervals([n for n in max_drop if n not in unpairable], samples, seed) if paired else {}
     for name, limit in max_drop.items():
         before, after = baseline["metrics"][model][name], candidate["metrics"][model][name]
-        worse = (before - after) * metrics.metric(name).direction  # > 0: the candidate is worse
         interval = (intervals[name]["ci95_low"], intervals[name]["ci95_high"]) if name in intervals else None
-        verdict.checks.append(Check("drop", name, before, after, limit, passes(rule, name, worse, limit, interval),
-                                    rule, interval))
+        verdict.checks.append(Check("drop", name, before, after, limit,
+                                    passes(rule, name, worse(name, before, after), limit, interval), rule, interval))
         if require_improvement:
             tested = improvement(candidate, model, name)
             if tested:
@@ -170,6 +169,21 @@ def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float
             else:
                 verdict.notes.append(f"--require-improvement: {name} has no paired test against base in the report "
                                      f"(tested: {', '.join(candidate['deltas'][model])}); only its drop is gated")
+    if per_type:
+        by_type = (paired.by_type(list(per_type), unpairable, samples, seed) if paired
+                   else reported_types(baseline, candidate, model, per_type, verdict.notes))
+        for label, rows, values in by_type:
+            judged = rows >= min_type_rows
+            for name, limit in per_type.items():
+                before, after, interval = values[name]
+                ok = not judged or passes(rule, name, worse(name, before, after), limit, interval)
+                verdict.type_checks.append(TypeCheck(label, rows, name, before, after, limit, ok, judged, rule,
+                                                     interval))
+        verdict.notes.append(f"per question type: types with fewer than {min_type_rows} rows (--min-type-rows) are "
+                             "too few to judge and not gated")
+    if paired:
+        verdict.regression = paired.regressions(regression_threshold)
+        verdict.regressed_rows = paired.shown(verdict.regression["regressed"]["ids"][:WORST_ROWS])
     verdict.ungated = [(m.name, baseline["metrics"][model], candidate["metrics"][model])
                        for m in metrics.flagged("headline") if m.name not in max_drop]
     return verdict
@@ -180,6 +194,30 @@ RULE_MEANING = {
     "significant": "a metric fails when it is worse by more than its limit and its interval excludes zero (no change)",
     "non-inferior": "a metric passes only when the worse end of its interval is within its limit",
 }
+
+
+def check_gated(option: str, limits: dict[str, float], model: str, *reports: tuple[dict, Path]) -> None:
+    """ConfigError naming the metric unless each one `option` gates exists, has a better direction and is in both
+    reports."""
+    for name in limits:
+        metric = metrics.metric(name)
+        if metric is None:
+            raise ConfigError(f"{option}: unknown metric {name!r}; reports have "
+                              f"{', '.join(sorted(reports[-1][0]['metrics'][model]))}")
+        for which, (report, path) in zip(("baseline", "candidate"), reports):
+            if name not in report["metrics"][model]:
+                raise ConfigError(f"{option}: {name} is not in the {which} report {path} (schema "
+                                  f"{report['schema_version']}, made by another version?): rescore it, or leave "
+                                  f"{name} out of {option}")
+        if not metric.gateable:
+            rates = ", ".join(m.name for m in metrics.REGISTRY if m.direction == metrics.LOWER)
+            raise ConfigError(f"{option}: {name} describes the outputs and has no better direction; gate a "
+                              f"quality metric or a failure rate ({rates})")
+
+
+def worse(name: str, before: float, after: float) -> float:
+    """How much worse `after` is than `before` in the metric's direction (> 0: worse)."""
+    return (before - after) * metrics.metric(name).direction
 
 
 def passes(rule: str, name: str, worse: float, limit: float, interval: tuple[float, float] | None) -> bool:
@@ -197,12 +235,30 @@ def passes(rule: str, name: str, worse: float, limit: float, interval: tuple[flo
     return worst <= limit + tolerance
 
 
+def reported_types(baseline: dict, candidate: dict, model: str, limits: dict[str, float],
+                   notes: list[str]) -> list[tuple[str, int, dict]]:
+    """Without paired rows (point rule): the per-type tables of both reports, for the types both have (a type's
+    rows: the fewer of the two, as reports of different test rows may differ)."""
+    tables = [report["per_type"].get(model) for report in (baseline, candidate)]
+    for which, table in zip(("baseline", "candidate"), tables):
+        missing = [n for n in limits if table is None or any(n not in row for row in table.values())]
+        if missing:
+            raise ConfigError(f"--max-drop-per-type: the {which} report has no per-type {', '.join(missing)} of "
+                              f"{model} and the predictions are not paired: gate metrics of its per-type table, or "
+                              "give both predictions")
+    only_one = [label for label in {**tables[0], **tables[1]} if label not in tables[0] or label not in tables[1]]
+    notes += [f"question type {label!r} is in one report only: not gated" for label in only_one]
+    return [(label, min(row["rows"], tables[0][label]["rows"]),
+             {n: (tables[0][label][n], row[n], None) for n in limits})
+            for label, row in tables[1].items() if label in tables[0]]
+
+
 def different_settings(baseline: dict, candidate: dict) -> list[str]:
     found = []
     for key, what in (("test_set", "test set"), ("metric_settings", "metric settings")):
         a, b = baseline[key], candidate[key]
         fingerprint = "sha256" if key == "test_set" else "fingerprint"
-        if a[fingerprint] != b[fingerprint]:
+        if a[fingerprint] != b[fingerprint] and (key == "test_set" or not same_metric_settings(a, b)):
             detail = (f"{a['rows']} rows {a['sha256'][:12]} vs {b['rows']} rows {b['sha256'][:12]}" if key == "test_set"
                       else f"tokenize {a['tokenize']} vs {b['tokenize']}, fingerprint {a['fingerprint']} vs "
                            f"{b['fingerprint']}")
@@ -210,30 +266,18 @@ def different_settings(baseline: dict, candidate: dict) -> list[str]:
     return found
 
 
-def predictions_of(report: dict, report_path: Path, given: Path | None) -> Path | None:
-    """The report's predictions.jsonl: `given`, or where the report says (relative to the report), if its hash
-    still matches; None when it is not there."""
-    path = Path(given) if given else Path(report_path).parent / report["predictions"]["path"]
-    if not path.is_file():
-        return None
-    if file_sha256(path) != report["predictions"]["sha256"]:
-        raise DataError(f"{path} is not the predictions file {report_path} was scored from (its sha256 differs)")
-    return path
+def same_metric_settings(a: dict, b: dict) -> bool:
+    """Whether reports of different schema versions (whose fingerprints differ by the version alone) measured with
+    the same settings: every setting both record, but the version and the fingerprint, is equal."""
+    if a["schema_version"] == b["schema_version"]:
+        return False
+    shared = (set(a) & set(b)) - {"schema_version", "fingerprint"}
+    return all(a[key] == b[key] for key in shared)
 
 
-def paired_intervals(baseline_predictions: Path, candidate_predictions: Path, model: str, names: list[str],
-                     candidate: dict) -> dict:
-    rows = [read_predictions(path)[model] for path in (baseline_predictions, candidate_predictions)]
-    by_id = {row["id"]: row for row in rows[0]}
-    if sorted(by_id) != sorted(row["id"] for row in rows[1]):
-        raise DataError(f"{baseline_predictions} and {candidate_predictions} do not hold the same rows of {model}")
-    matched = [(by_id[row["id"]], row) for row in rows[1]]
-    references = [b["reference"] for b, _ in matched]
-    tokenize, settings = candidate["metric_settings"]["tokenize"], candidate["config"]["score"]
-    registry = tuple(metrics.metric(name) for name in names)
-    scores = [metrics.ExampleScores([pair[i]["prediction"] for pair in matched], references, tokenize,
-                                    fields=[pair[i] for pair in matched], registry=registry) for i in (0, 1)]
-    return metrics.paired_bootstrap(*scores, names, settings["bootstrap_samples"], settings["seed"]) if names else {}
+def facts(report: dict, path: Path) -> dict:
+    return {"path": str(path), "created_at": report["created_at"], "rows": report["rows"],
+            "commit": report["provenance"]["score"]["git"]["commit"], "schema_version": report["schema_version"]}
 
 
 def improvement(candidate: dict, model: str, name: str) -> Check | None:
@@ -248,40 +292,3 @@ def improvement(candidate: dict, model: str, name: str) -> Check | None:
     return Check("improvement", name, candidate["metrics"]["base"][name], candidate["metrics"][model][name],
                  P_THRESHOLD, delta["delta"] * metrics.metric(name).direction > 0 and delta["p_value"] < P_THRESHOLD,
                  f"better than base, p={delta['p_value']:.3f}", (delta["ci95_low"], delta["ci95_high"]))
-
-
-def format_verdict(verdict: Verdict, markdown: bool = False) -> str:
-    """The checks, then the headline metrics not gated (for context; "—" where a report lacks one), then the
-    notes."""
-    header = ["check", "baseline", "candidate", "change", "95% interval", "limit", "rule", "result"]
-    rows = []
-    for check in verdict.checks:
-        result = "ok" if check.ok else ("REGRESSED" if check.kind == "drop" else "FAILED")
-        interval = f"[{check.interval[0]:+.4f}, {check.interval[1]:+.4f}]" if check.interval else "n/a"
-        worse = "drop" if metrics.metric(check.metric).direction == metrics.HIGHER else "rise"
-        what = f"{check.metric} {worse if check.kind == 'drop' else 'vs base'}"
-        rows.append([what, f"{check.baseline:.4f}", f"{check.candidate:.4f}",
-                     f"{check.candidate - check.baseline:+.4f}", interval, f"{check.limit:.4f}", check.rule, result])
-    context = [["not gated", "baseline", "candidate", "change"]] + [
-        [name, cell(before, name), cell(after, name), change(before, after, name)]
-        for name, before, after in verdict.ungated]
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * 5 + "---|---|"]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        if verdict.ungated:
-            lines += ["", "| " + " | ".join(context[0]) + " |", "|---|---:|---:|---:|"]
-            lines += ["| " + " | ".join(row) + " |" for row in context[1:]]
-        lines += [""] + [f"- {note}" for note in verdict.notes]
-        lines.append(f"\n**{'PASSED' if verdict.passed else 'FAILED'}**")
-        return "\n".join(lines)
-    lines = aligned([header] + rows, left=(0, 6, 7))
-    if verdict.ungated:
-        lines += [""] + aligned(context, left=(0,)) + [""]
-    return "\n".join(lines + verdict.notes)
-
-
-def aligned(rows: list[list[str]], left: tuple[int, ...]) -> list[str]:
-    """Plain-text table lines: columns padded to their widest cell, numbers right-aligned."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(text.ljust(w) if i in left else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths)))
-            .rstrip() for row in rows]

@@ -96,7 +96,9 @@ def render_compare_html(comparison: dict, worst: int = 20) -> str:
           or None); notes: [str];
         regression: None, or {"metric": name, **regression_buckets(baseline values, candidate values, t, ids)};
         rows: {id: {"input", "reference", "baseline", "candidate", "baseline_score", "candidate_score"}} for at
-          least the `worst` first regressed ids.
+          least the `worst` first regressed ids;
+        optionally type_checks: [dataclasses.asdict(TypeCheck)]: label, rows, metric, baseline, candidate, limit,
+          ok, judged (False: fewer rows than min_type_rows, not gated), rule, interval; and min_type_rows.
     """
     verdict = "PASSED" if comparison["passed"] else "FAILED"
     facts = [(which, f"{_e(side['path'])} · {side['rows']} rows · {_e(side['created_at'])} · commit "
@@ -115,12 +117,26 @@ def render_compare_html(comparison: dict, worst: int = 20) -> str:
     parts = [f"<h1>Regression gate: <span class={'ok' if comparison['passed'] else 'bad'}>{verdict}</span></h1>"
              f"<p class=sub>model <b>{_e(comparison['model'])}</b>, candidate against baseline</p>",
              _section("Reports", _facts(facts)), _section("Checks", "".join(checks))]
+    if comparison.get("type_checks"):
+        types = ["<table id=type-checks><tr><th>question type</th><th>rows</th><th>metric</th><th>baseline</th>"
+                 "<th>candidate</th><th>change</th><th>95% interval</th><th>limit</th><th>result</th></tr>"]
+        for c in comparison["type_checks"]:
+            interval = f"[{c['interval'][0]:+.4f}, {c['interval'][1]:+.4f}]" if c.get("interval") else "n/a"
+            result = ("ok" if c["ok"] else "REGRESSED") if c["judged"] else \
+                f"too few rows to judge (&lt; {comparison['min_type_rows']})"
+            kind = ("ok" if c["ok"] else "bad") if c["judged"] else "few"
+            types.append(f"<tr class={kind}><td>{_e(c['label'])}</td><td>{c['rows']}</td><td>{_e(c['metric'])}</td>"
+                         f"<td>{c['baseline']:.4f}</td><td>{c['candidate']:.4f}</td>"
+                         f"<td>{c['candidate'] - c['baseline']:+.4f}</td><td>{interval}</td><td>{c['limit']:.4f}</td>"
+                         f"<td{' class=few' if kind == 'few' else ''}>{result}</td></tr>")
+        parts.append(_section(f"By question type (rule {comparison['type_checks'][0]['rule']})",
+                              "".join(types) + "</table>"))
     regression = comparison.get("regression")
     if regression:
         metric, shown = regression["metric"], regression["regressed"]["ids"][:worst]
         counts = ", ".join(f"{regression[b]['count']} {b}" for b in ("regressed", "improved", "unchanged"))
         items = [f"<p>Per-example {_e(metric)}, candidate − baseline, threshold ±{regression['threshold']:g}: "
-                 f"{counts}. The {len(shown)} worst regressed rows:</p>"]
+                 f"{counts}." + (f" The {len(shown)} worst regressed rows:" if shown else "") + "</p>"]
         for row_id in shown:
             row = comparison["rows"][row_id]
             items.append(

@@ -310,9 +310,10 @@ def per_type(scores: ExampleScores, names: list[str] | None = None) -> dict:
 
 
 def paired_bootstrap(a: ExampleScores, b: ExampleScores, names: list[str] | None = None, samples: int = 1000,
-                     seed: int = 12345) -> dict[str, dict[str, float]]:
+                     seed: int = 12345, rows=None) -> dict[str, dict[str, float]]:
     """b minus a for each metric (default: those flagged delta), resampling the same row indices for both (they
-    must score the same rows).
+    must score the same rows); `rows`: only these rows (a question type's), resampled among themselves (default:
+    all rows).
 
     Per metric: delta (on all rows), the 95% percentile interval of the resampled deltas, and a one-sided p-value
     for "b is not better" (the share of resamples in which b is not better in the metric's direction, add-one
@@ -322,8 +323,9 @@ def paired_bootstrap(a: ExampleScores, b: ExampleScores, names: list[str] | None
     if a.references != b.references:
         raise ValueError("paired bootstrap needs both models scored on the same references")
     names = [name for name, m in a.computed.items() if m.delta] if names is None else names
-    indices = np.random.default_rng(seed).integers(0, a.rows, size=(samples, a.rows))
-    full_a, full_b = a.metrics(), b.metrics()
+    pool = np.arange(a.rows) if rows is None else np.asarray(rows)
+    indices = pool[np.random.default_rng(seed).integers(0, len(pool), size=(samples, len(pool)))]
+    full_a, full_b = a.metrics(pool), b.metrics(pool)
     result = {}
     for name in names:
         deltas = b.resampled(name, indices) - a.resampled(name, indices)

@@ -1,0 +1,178 @@
+"""The regression gate's verdict (eval/compare.py decides it) and how it is shown.
+
+    format_verdict(verdict)                  # plain-text tables for a terminal or a CI log
+    format_verdict(verdict, markdown=True)   # the same as Markdown, for $GITHUB_STEP_SUMMARY or a pull request
+    compare_html(verdict)                    # compare.html (eval/html.py's render_compare_html)
+
+Every format shows the checks, the per-type checks ("too few rows to judge" below --min-type-rows), the headline
+metrics not gated ("—" where a report lacks one), the rows by their ROUGE-L change with the worst regressed ids
+(Markdown and HTML with their texts) and the notes.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import asdict, dataclass, field
+
+from eval import metrics
+from eval.html import render_compare_html
+from eval.report import cell, change
+
+LISTED_ROWS = 10  # the worst regressed rows the text and Markdown summaries list (compare.html: all kept)
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: str  # "drop": the gate on a metric; "improvement": --require-improvement
+    metric: str
+    baseline: float
+    candidate: float
+    limit: float
+    ok: bool
+    rule: str  # point, significant, non-inferior; or the significance test of --require-improvement
+    interval: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class TypeCheck:
+    """The gate on one metric of one question type (--max-drop-per-type)."""
+
+    label: str  # the reference's "(type)" label
+    rows: int
+    metric: str
+    baseline: float
+    candidate: float
+    limit: float
+    ok: bool  # True for a type not judged
+    judged: bool  # False: fewer rows than --min-type-rows
+    rule: str
+    interval: tuple[float, float] | None = None
+
+
+@dataclass
+class Verdict:
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # The headline metrics not gated, for context: (metric, the baseline model's metrics, the candidate's).
+    ungated: list[tuple[str, dict, dict]] = field(default_factory=list)
+    type_checks: list[TypeCheck] = field(default_factory=list)
+    min_type_rows: int = 0
+    model: str = ""
+    # Each report's path, created_at, commit, rows and schema version, for compare.html.
+    reports: dict[str, dict] = field(default_factory=dict)
+    # With the rows paired: eval/paired.py's regressions(), and the texts of the worst regressed rows (worst first).
+    regression: dict | None = None
+    regressed_rows: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.ok for check in [*self.checks, *self.type_checks])
+
+
+def format_verdict(verdict: Verdict, markdown: bool = False) -> str:
+    """The checks, the per-type checks, the headline metrics not gated, the rows by their change, the notes."""
+    header = ["check", "baseline", "candidate", "change", "95% interval", "limit", "rule", "result"]
+    rows = []
+    for check in verdict.checks:
+        result = "ok" if check.ok else ("REGRESSED" if check.kind == "drop" else "FAILED")
+        worse = "drop" if metrics.metric(check.metric).direction == metrics.HIGHER else "rise"
+        what = f"{check.metric} {worse if check.kind == 'drop' else 'vs base'}"
+        rows.append([what, f"{check.baseline:.4f}", f"{check.candidate:.4f}",
+                     f"{check.candidate - check.baseline:+.4f}", interval_text(check.interval),
+                     f"{check.limit:.4f}", check.rule, result])
+    types = [["question type", "rows", "metric", "baseline", "candidate", "change", "95% interval", "limit", "result"]]
+    for check in verdict.type_checks:
+        result = ("ok" if check.ok else "REGRESSED") if check.judged else \
+            f"too few rows to judge (< {verdict.min_type_rows})"
+        types.append([check.label, str(check.rows), check.metric, f"{check.baseline:.4f}", f"{check.candidate:.4f}",
+                      f"{check.candidate - check.baseline:+.4f}", interval_text(check.interval), f"{check.limit:.4f}",
+                      result])
+    context = [["not gated", "baseline", "candidate", "change"]] + [
+        [name, cell(before, name), cell(after, name), change(before, after, name)]
+        for name, before, after in verdict.ungated]
+    tables = [([header] + rows, (0, 6, 7))] if rows else []
+    tables += [(types, (0, 2, 8))] if verdict.type_checks else []
+    tables += [(context, (0,))] if verdict.ungated else []
+    if markdown:
+        lines = []
+        for table, left in tables:
+            lines += [markdown_row(table[0]), "|" + "".join("---|" if i in left else "---:|"
+                                                            for i in range(len(table[0])))]
+            lines += [markdown_row(row) for row in table[1:]] + [""]
+        lines += regressed_markdown(verdict) + [f"- {note}" for note in verdict.notes]
+        lines.append(f"\n**{'PASSED' if verdict.passed else 'FAILED'}**")
+        return "\n".join(lines)
+    lines = []
+    for table, left in tables:
+        lines += aligned(table, left) + [""]
+    return "\n".join(lines + regressed_text(verdict) + verdict.notes)
+
+
+def interval_text(interval: tuple[float, float] | None) -> str:
+    return f"[{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "n/a"
+
+
+def bucket_line(regression: dict) -> str:
+    counts = ", ".join(f"{regression[b]['count']} {b}" for b in ("regressed", "improved", "unchanged"))
+    return (f"rows by per-row {regression['metric']} change (candidate - baseline, beyond "
+            f"±{regression['threshold']:g}): {counts}")
+
+
+def regressed_text(verdict: Verdict) -> list[str]:
+    if not verdict.regression:
+        return []
+    changes = [f"{row_id} {row['candidate_score'] - row['baseline_score']:+.4f}"
+               for row_id, row in list(verdict.regressed_rows.items())[:LISTED_ROWS]]
+    return [bucket_line(verdict.regression)] + ([f"worst regressed: {', '.join(changes)}"] if changes else []) + [""]
+
+
+def regressed_markdown(verdict: Verdict) -> list[str]:
+    """The bucket counts and a table of the worst regressed rows, their texts shortened to one line."""
+    if not verdict.regression:
+        return []
+    listed = list(verdict.regressed_rows.items())[:LISTED_ROWS]
+    lines = [f"**{bucket_line(verdict.regression)}**" + (f"; the {len(listed)} worst regressed:" if listed else ""),
+             ""]
+    if listed:
+        lines += ["| id | change | input | reference | baseline | candidate |", "|---|---:|---|---|---|---|"]
+        lines += [markdown_row([f"`{row_id}`", f"{row['candidate_score'] - row['baseline_score']:+.4f}",
+                                shorten(row["input"], 60), shorten(row["reference"], 80),
+                                shorten(row["baseline"], 80), shorten(row["candidate"], 80)])
+                  for row_id, row in listed] + [""]
+    return lines
+
+
+def shorten(text: str, width: int) -> str:
+    """One line of at most `width` characters (… where cut); "(empty)" for an empty output."""
+    line = " ".join(text.split())
+    return "(empty)" if not line else line if len(line) <= width else line[:width - 1] + "…"
+
+
+def markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def aligned(rows: list[list[str]], left: tuple[int, ...]) -> list[str]:
+    """Plain-text table lines: columns padded to their widest cell (Hangul counts two columns, as a terminal shows
+    it), numbers right-aligned."""
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(rows[0]))]
+
+    def pad(text: str, width: int, on_right: bool) -> str:
+        space = " " * (width - display_width(text))
+        return text + space if on_right else space + text
+
+    return ["  ".join(pad(text, w, i in left) for i, (text, w) in enumerate(zip(row, widths))).rstrip()
+            for row in rows]
+
+
+def display_width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def compare_html(verdict: Verdict) -> str:
+    """compare.html of the verdict (eval/html.py's render_compare_html, from plain data)."""
+    return render_compare_html({
+        "passed": verdict.passed, "model": verdict.model, **verdict.reports,
+        "checks": [asdict(check) for check in verdict.checks], "notes": verdict.notes,
+        "type_checks": [asdict(check) for check in verdict.type_checks], "min_type_rows": verdict.min_type_rows,
+        "regression": verdict.regression, "rows": verdict.regressed_rows}, worst=len(verdict.regressed_rows))

@@ -1,0 +1,248 @@
+"""`compare` beyond the overall gate (whose tests are in test_report.py): the per-question-type gate, the rows that
+regressed between baseline and candidate (summary and compare.html), and reading reports of schema 3.0 and 3.1.
+
+The reports come from the real score stage over predictions written here (test_report.scored_run); every
+expected number is computed by hand from how the predictions were made: an output equal to its reference has
+ROUGE-L 1, an empty output 0.
+"""
+
+import hashlib
+import json
+import random
+import re
+
+import pytest
+
+from conftest import ROOT, korean_rows
+from entrypoint import main
+from eval import compare as compare_module
+from eval import metrics
+from test_report import scored_run
+
+# 100 test rows over five question types of very different sizes (as the real split's range from 35% to < 1%).
+TYPE_ROWS = {"이유와 근거 묻기": 45, "의미 명확히 하기": 35, "함의와 결과 따져보기": 12, "다른 관점 생각하기": 5,
+             "가정 살펴보기": 3}
+LABELS = [label for label, n in TYPE_ROWS.items() for _ in range(n)]
+random.Random(0).shuffle(LABELS)
+ROWS = [{"input": row["input"] + " 버스가 늘면 교통 체증도 줄어든다고 한다.", "target": f"({label}) {i}번 주장에서 말하는 깨끗함은 무엇을 뜻하나요?"}
+        for i, (row, label) in enumerate(zip(korean_rows(len(LABELS)), LABELS))]
+BIG, SMALL, LARGEST = "의미 명확히 하기", "가정 살펴보기", "이유와 근거 묻기"
+ROWS_OF = {label: [i for i, row_label in enumerate(LABELS) if row_label == label] for label in TYPE_ROWS}
+MISSED = set(ROWS_OF[LARGEST][:5])  # empty in the baseline, right in candidate A: improved
+BROKEN_BIG = set(ROWS_OF[BIG][:10])  # right in the baseline, empty in candidate A: 10 of the big type's 35 rows
+HALF_RIGHT = set(ROWS_OF[LARGEST][10:12])  # the label dropped in candidate A: partly worse
+
+
+def question_only(reference: str) -> str:
+    return reference.split(") ", 1)[1]
+
+
+def baseline_tuned(i, reference):
+    return "" if i in MISSED else reference
+
+
+def candidate_one_type(i, reference):
+    """Regresses the big type (10 of 35 rows) and the small type (all 3 rows); fixes MISSED; drops two labels."""
+    if i in BROKEN_BIG or i in ROWS_OF[SMALL]:
+        return ""
+    return question_only(reference) if i in HALF_RIGHT else reference
+
+
+def candidate_small_type_only(i, reference):
+    return "" if i in ROWS_OF[SMALL] else baseline_tuned(i, reference)
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    return {name: scored_run(root / name, tuned, rows=ROWS)[1] for name, tuned in
+            (("baseline", baseline_tuned), ("one_type", candidate_one_type), ("small_type", candidate_small_type_only))}
+
+
+def gate(baseline, candidate, *args):
+    return main(["compare", "--baseline", str(baseline), "--candidate", str(candidate), *args])
+
+
+def type_line(out: str, label: str) -> list[str]:
+    """The cells after the label of the type's row in the text table: rows, metric, baseline, candidate, change,
+    interval ("n/a" or two cells), limit, result."""
+    return next(line for line in out.splitlines() if line.startswith(label))[len(label):].split()
+
+
+def test_a_type_that_regresses_fails_its_gate_while_the_average_passes(reports, capsys):
+    """The acceptance case: overall ROUGE-L falls from 0.95 to 0.85 and a bit (the two half-right rows), within
+    0.15; the big type falls from 1.0 to 25/35, beyond its 0.05."""
+    args = ["--max-drop", "rougeL=0.15"]
+    assert gate(reports["baseline"], reports["one_type"], *args) == 0  # the overall gate alone passes
+    capsys.readouterr()
+    assert gate(reports["baseline"], reports["one_type"], *args, "--max-drop-per-type", "rougeL=0.05",
+                "--min-type-rows", "30") == 1
+    out = capsys.readouterr().out
+    assert next(line for line in out.splitlines() if line.startswith("rougeL drop")).split()[-1] == "ok"
+    assert type_line(out, BIG)[:5] == ["35", "rougeL", "1.0000", f"{25 / 35:.4f}", f"{25 / 35 - 1:+.4f}"]
+    assert type_line(out, BIG)[-1] == "REGRESSED"
+    assert type_line(out, LARGEST)[:3] == ["45", "rougeL", f"{40 / 45:.4f}"] and type_line(out, LARGEST)[-1] == "ok"
+    # three rows, all regressed, but too few to judge: shown, not gated
+    assert type_line(out, SMALL)[:4] == ["3", "rougeL", "1.0000", "0.0000"]
+    assert out.count("too few rows to judge (< 30)") == 3  # the types of 12, 5 and 3 rows
+
+
+def test_a_type_under_min_type_rows_is_not_gated(reports, capsys):
+    args = ["--max-drop", "rougeL=0.15", "--max-drop-per-type", "rougeL=0.05"]
+    assert gate(reports["baseline"], reports["small_type"], *args) == 0
+    assert "too few rows to judge (< 30)" in " ".join(type_line(capsys.readouterr().out, SMALL))
+    assert gate(reports["baseline"], reports["small_type"], *args, "--min-type-rows", "3") == 1
+    assert type_line(capsys.readouterr().out, SMALL)[-1] == "REGRESSED"
+
+
+@pytest.mark.parametrize("rule", ["significant", "non-inferior"])
+def test_the_interval_of_a_type_resamples_its_rows_alone(reports, capsys, rule):
+    """Under the interval rules a type's interval is the paired bootstrap over that type's rows: the same as
+    scoring those 35 rows on their own, with the candidate report's samples and seed."""
+    assert gate(reports["baseline"], reports["one_type"], "--max-drop-per-type", "rougeL=0.05", "--rule", rule) == 1
+    line = " ".join(type_line(capsys.readouterr().out, BIG))
+    rows = ROWS_OF[BIG]
+    references = [ROWS[i]["target"] for i in rows]
+    a, b = (metrics.ExampleScores([tuned(i, ROWS[i]["target"]) for i in rows], references)
+            for tuned in (baseline_tuned, candidate_one_type))
+    settings = json.loads(reports["one_type"].read_text(encoding="utf-8"))["config"]["score"]
+    alone = metrics.paired_bootstrap(a, b, ["rougeL"], settings["bootstrap_samples"], settings["seed"])["rougeL"]
+    assert alone["ci95_high"] < 0 and f"[{alone['ci95_low']:+.4f}, {alone['ci95_high']:+.4f}]" in line
+    assert line.endswith("REGRESSED")
+
+
+def test_without_predictions_the_point_rule_reads_the_per_type_tables(reports, tmp_path, capsys):
+    moved = tmp_path / "baseline.json"  # a committed baseline without its predictions
+    moved.write_bytes(reports["baseline"].read_bytes())
+    args = ["--max-drop-per-type", "rougeL=0.05"]
+    assert gate(moved, reports["one_type"], *args) == 1
+    out = capsys.readouterr().out
+    assert type_line(out, BIG)[:6] == ["35", "rougeL", "1.0000", f"{25 / 35:.4f}", f"{25 / 35 - 1:+.4f}", "n/a"]
+    assert "no intervals: the predictions of" in out and "rows by per-row" not in out
+    assert gate(moved, reports["one_type"], *args, "--rule", "significant") == 2
+    assert "needs the paired interval" in capsys.readouterr().err
+    assert gate(moved, reports["one_type"], "--max-drop-per-type", "rouge1=0.05") == 2  # not in the per-type table
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no per-type rouge1" in err
+
+
+def test_regression_buckets_match_a_hand_count_and_the_summary_lists_the_worst(reports, capsys):
+    assert gate(reports["baseline"], reports["one_type"], "--max-drop", "rougeL=0.15", "--format", "markdown") == 0
+    out = capsys.readouterr().out
+    fully = sorted(BROKEN_BIG | set(ROWS_OF[SMALL]))  # 1 -> 0: the worst, in row order
+    assert len(fully) == 13 and len(HALF_RIGHT) == 2 and len(MISSED) == 5
+    assert "15 regressed, 5 improved, 80 unchanged" in out
+    listed = [line.split("`")[1] for line in out.splitlines() if line.startswith("| `test:")]
+    assert listed == [f"test:{i}" for i in fully[:10]]  # the ten worst, worst first
+    first = ROWS[fully[0]]
+    assert (f"| `test:{fully[0]}` | -1.0000 | {first['input'][:59]}… | {first['target']} | {first['target']} | "
+            "(empty) |") in out
+    assert gate(reports["baseline"], reports["one_type"], "--max-drop", "rougeL=0.15") == 0  # the text format
+    out = capsys.readouterr().out
+    assert "15 regressed, 5 improved, 80 unchanged" in out and f"worst regressed: test:{fully[0]} -1.0000," in out
+    # a change of exactly the threshold is no change: at 1.0 nothing moved
+    assert gate(reports["baseline"], reports["one_type"], "--max-drop", "rougeL=0.15",
+                "--regression-threshold", "1") == 0
+    assert "0 regressed, 0 improved, 100 unchanged" in capsys.readouterr().out
+
+
+def test_compare_html_holds_the_checks_the_types_and_the_worst_rows(reports, tmp_path, capsys):
+    path = tmp_path / "gate" / "compare.html"
+    assert gate(reports["baseline"], reports["one_type"], "--max-drop", "rougeL=0.15", "--max-drop-per-type",
+                "rougeL=0.05", "--html", str(path)) == 1
+    page = path.read_text(encoding="utf-8")
+    assert "FAILED" in page and "<table id=type-checks>" in page and page.count("too few rows to judge") == 3
+    shown = re.findall(r'<article class=row id="row-test:(\d+)"', page)
+    fully = sorted(BROKEN_BIG | set(ROWS_OF[SMALL]))
+    assert shown[:13] == [str(i) for i in fully] and set(shown[13:]) == {str(i) for i in HALF_RIGHT}
+    assert "15 regressed, 5 improved, 80 unchanged" in page and ROWS[fully[0]]["input"] in page
+    assert not [p for p in path.parent.iterdir() if p.name != "compare.html"]  # written through a temporary file
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("value", ["rougeL=nan", "rougeL=inf", "rougeL=-0.1", "rougeL", "rougeL=x", "", ",",
+                                   "rouge_typo=0.1", "mean_chars=1"])
+def test_bad_per_type_limits_are_exit_2_naming_the_option(reports, capsys, value):
+    assert gate(reports["baseline"], reports["one_type"], "--max-drop-per-type", value) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-drop-per-type" in err
+
+
+@pytest.mark.parametrize("args, says", [(["--min-type-rows", "0"], "--min-type-rows"),
+                                        (["--regression-threshold", "nan"], "--regression-threshold"),
+                                        (["--regression-threshold", "-1"], "--regression-threshold"),
+                                        ([], "nothing to gate")])
+def test_bad_gate_options_are_exit_2(reports, capsys, args, says):
+    limits = ["--max-drop", "rougeL=0.1"] if args else []
+    assert gate(reports["baseline"], reports["one_type"], *limits, *args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
+
+
+def test_exit_codes_through_the_command_line(reports, capsys):
+    """0: nothing regressed; 1: a regression; 2: the user's error (here a metric no report has)."""
+    codes = [gate(reports["baseline"], reports["baseline"], "--max-drop", "rougeL=0"),
+             gate(reports["baseline"], reports["one_type"], "--max-drop", "rougeL=0.01"),
+             gate(reports["baseline"], reports["one_type"], "--max-drop", "bleurt=0.01")]
+    assert codes == [0, 1, 2]
+    assert "unknown metric 'bleurt'" in capsys.readouterr().err
+
+
+# --- schema versions --------------------------------------------------------------------------------------------
+
+# The top-level keys of a schema 3.0 report (its schema's "required"): a 3.0 report has these and nothing else.
+KEYS_3_0 = ("schema_version", "created_at", "config", "inputs_hash", "test_set", "metric_settings", "predictions",
+            "provenance", "stage_seconds", "rows", "models", "reference", "metrics", "deltas", "per_type",
+            "checkpoints", "train", "adapter", "generate", "examples")
+
+
+def as_version(report: dict, version: str) -> dict:
+    """`report` as the score stage of schema `version` would have written it: the version in the report and in
+    its metric settings, whose fingerprint covers it; a 3.0 report has only 3.0's blocks."""
+    result = {k: v for k, v in report.items() if version != "3.0" or k in KEYS_3_0}
+    settings = {k: v for k, v in report["metric_settings"].items() if k != "fingerprint"} | {"schema_version": version}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return {**result, "schema_version": version, "metric_settings": {**settings, "fingerprint": digest}}
+
+
+def test_a_3_0_baseline_compares_with_a_3_1_candidate(reports, capsys):
+    """Different fingerprints only because of the version: comparable, paired. A metric the 3.0 report lacks is
+    "—" when not gated and exit 2 naming it and the version when gated."""
+    baseline, candidate = (json.loads(reports[name].read_text(encoding="utf-8")) for name in ("baseline", "one_type"))
+    old, new = as_version(baseline, "3.0"), as_version(candidate, "3.1")
+    for model in old["metrics"]:
+        del old["metrics"][model]["chrfpp"]  # as a metric 3.1 added
+    paths = {"old": reports["baseline"].with_name("report-3.0.json"), "new": reports["one_type"].with_name("3.1.json")}
+    for name, report in (("old", old), ("new", new)):
+        paths[name].write_text(json.dumps(report, ensure_ascii=False), encoding="utf-8")
+    assert gate(paths["old"], paths["new"], "--max-drop", "rougeL=0.15", "--max-drop-per-type", "rougeL=0.05") == 1
+    out = capsys.readouterr().out
+    assert "paired: 100 rows matched by id" in out and type_line(out, BIG)[-1] == "REGRESSED"
+    assert next(line for line in out.splitlines() if line.startswith("chrfpp")).split() == [
+        "chrfpp", "—", f"{candidate['metrics']['tuned']['chrfpp']:.4f}", "—"]
+    for option in ("--max-drop", "--max-drop-per-type"):
+        assert gate(paths["old"], paths["new"], option, "chrfpp=0.5") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{option}: chrfpp is not in the baseline report" in err and "schema 3.0" in err
+    assert gate(paths["new"], paths["new"], "--max-drop", "rougeL=0") == 0
+    capsys.readouterr()
+    # other settings still refuse, whatever the versions
+    other = as_version({**candidate, "metric_settings": {**candidate["metric_settings"], "tokenize": "char"}}, "3.1")
+    paths["new"].write_text(json.dumps(other, ensure_ascii=False), encoding="utf-8")
+    assert gate(paths["old"], paths["new"], "--max-drop", "rougeL=0.15") == 2
+    assert "different metric settings" in capsys.readouterr().err
+    for version in ("2.0", "3.2"):
+        paths["new"].write_text(json.dumps({**new, "schema_version": version}), encoding="utf-8")
+        assert gate(paths["old"], paths["new"], "--max-drop", "rougeL=0.15") == 2
+        assert f"schema version '{version}'" in capsys.readouterr().err
+
+
+def test_the_committed_baseline_report_is_readable(capsys):
+    assert compare_module.load_report(ROOT / "examples" / "baseline-report.json")["schema_version"] in (
+        compare_module.READABLE_VERSIONS)
+    baseline = ROOT / "examples" / "baseline-report.json"
+    assert gate(baseline, baseline, "--max-drop", "rougeL=0", "--max-drop-per-type", "rougeL=0", "--min-type-rows",
+                "10", "--baseline-predictions", str(ROOT / "examples" / "baseline-predictions.jsonl")) == 0
+    out = capsys.readouterr().out
+    assert "no intervals: the predictions of" in out  # the candidate's are not beside it
+    assert "question type" in out and "+0.0000" in out
