@@ -163,6 +163,15 @@ class ScoreConfig:
     reference: StrictStr = "base"
     # Also evaluate every training checkpoint still on disk (one metric point per saved step in the report).
     checkpoints: StrictBool = False
+    # The `semantic` metric (e5 cosine of prediction and reference questions, eval/semantic.py): null runs it when
+    # its estimated time is under a minute (the demo: seconds; not the 10,573-row split on a CPU), true/false force
+    # it. The score log says which and what it costs either way.
+    semantic: Optional[StrictBool] = None
+    # A row regressed (improved) when its ROUGE-L fell (rose) against score.reference's by more than this.
+    regression_threshold: Annotated[Number, Field(ge=0)] = 0.05
+    # Warn (every report format, `run`'s summary; compare --fail-on-warnings gates it) when a model's outputs equal
+    # score.reference's on at least this share of rows: an adapter that changed nothing.
+    identical_warning: Annotated[Number, Field(ge=0, le=1)] = 0.95
 
 
 @section

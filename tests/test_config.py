@@ -77,6 +77,9 @@ def test_overrides_are_typed():
     ("train.report_to=[comet]", "train.report_to[0]"),
     ("export.check_rows=0", "export.check_rows"),
     ("export.min_identical_share=1.5", "export.min_identical_share"),
+    ("score.semantic=1", "score.semantic"),
+    ("score.regression_threshold=-0.01", "score.regression_threshold"),
+    ("score.identical_warning=1.5", "score.identical_warning"),
 ])
 def test_bad_override_exits_2_naming_the_key(override, named, capsys):
     assert main(["config", "show", "--config", str(ROOT / "configs/demo.yaml"), override]) == 2
@@ -182,3 +185,11 @@ def test_sections_stay_frozen_dataclasses_that_check_a_replaced_value():
         cfg.train.seed = 7
     with pytest.raises(ValueError, match="greater than 0"):
         dataclasses.replace(cfg.lora, r=0)
+
+
+def test_score_report_keys_default_and_override():
+    cfg = load_config(ROOT / "configs/demo.yaml")
+    assert (cfg.score.semantic, cfg.score.regression_threshold, cfg.score.identical_warning) == (None, 0.05, 0.95)
+    cfg = load_config(ROOT / "configs/demo.yaml", ["score.semantic=false", "score.regression_threshold=0.1",
+                                                    "score.identical_warning=0.5"])
+    assert (cfg.score.semantic, cfg.score.regression_threshold, cfg.score.identical_warning) == (False, 0.1, 0.5)
