@@ -17,7 +17,8 @@ Which library computes what (README "Metrics" repeats this):
   tokenizer keeps only [a-z0-9] and silently scores Korean as 0.
 - rougeL_char: `rouge_score` over characters (spaces dropped); a tokenizer-free cross-check.
 - BLEU: sacrebleu, corpus level, with the same tokenizer, and its signature. chrF, chrF++: sacrebleu on raw text.
-- type accuracy, known-label rate, lengths, empty rate, hit-max-new-tokens rate: ours.
+- type accuracy and macro-F1, known-label rate, lengths, empty, repetition-loop, repeated-output and
+  hit-max-new-tokens rates: ours. semantic: eval/semantic.py's e5 cosines, computed by the score stage.
 Every text is NFC-normalized first (pipeline/text.py): NFD and NFC spellings of the same text score as equal.
 ROUGE values are in [0, 1]; BLEU and chrF in [0, 100], as each library reports them.
 """
@@ -182,6 +183,65 @@ def hit_max_new_tokens(rows: Rows) -> np.ndarray:
     return np.array([row["hit_max_new_tokens"] for row in rows.fields], float)
 
 
+def type_codes(rows: Rows) -> np.ndarray:
+    """Per row, (predicted, reference) label as the index of that label among the references' labels (sorted);
+    -1 for no label, and for a predicted label no reference uses (it is no type's prediction)."""
+    code = {label: i for i, label in enumerate(sorted(set(labels(rows.references)) - {None}))}
+    return np.array([[code.get(p, -1), code.get(e, -1)] for p, e in zip(labels(rows.predictions),
+                                                                        labels(rows.references))], int).reshape(-1, 2)
+
+
+def macro_f1(codes: np.ndarray) -> float:
+    """Mean over the types these rows' references have of each type's F1 = 2 TP / (predicted + actual); a type
+    never predicted right scores 0. Rows whose reference has no label count as no type's (only as wrong labels)."""
+    predicted, actual = codes[:, 0], codes[:, 1]
+    types = np.unique(actual[actual >= 0])
+    if not len(types):
+        return 0.0
+    size = types.max() + 1
+    right = np.bincount(actual[(predicted == actual) & (actual >= 0)], minlength=size)[types]
+    guessed = np.bincount(predicted[predicted >= 0], minlength=max(size, predicted.max() + 1))[types]
+    return float(np.mean(2 * right / (guessed + np.bincount(actual[actual >= 0], minlength=size)[types])))
+
+
+LOOP_UNIT, LOOP_REPEATS = 4, 3
+
+
+def in_a_loop(tokens: list[str]) -> bool:
+    """Whether some LOOP_UNIT * LOOP_REPEATS (12) consecutive tokens repeat one unit of at most LOOP_UNIT tokens:
+    for some period p in 1..4, tokens[j] == tokens[j + p] for 12 - p consecutive j. That is a 4-token phrase three
+    times in a row, a 2-token one six times, one token twelve times (a 3-token unit: four times)."""
+    span = LOOP_UNIT * LOOP_REPEATS
+    for period in range(1, LOOP_UNIT + 1):
+        run = 0
+        for j in range(len(tokens) - period):
+            run = run + 1 if tokens[j] == tokens[j + period] else 0
+            if run >= span - period:
+                return True
+    return False
+
+
+def repetition(rows: Rows) -> np.ndarray:
+    """1 where the output is caught in a loop (`in_a_loop`) over score.tokenize's tokens."""
+    split = Tokens(rows.tokenize)
+    return np.array([in_a_loop(split.tokenize(p)) for p in rows.predictions], float)
+
+
+def repeated_output(rows: Rows) -> np.ndarray:
+    """1 where the output (stripped) is not empty and another row of the same model has the same output: one text
+    for many inputs, as a collapsed model writes. Counted over all the rows scored, whatever subset is reduced."""
+    texts = [p.strip() for p in rows.predictions]
+    counts: dict[str, int] = {}
+    for text in texts:
+        counts[text] = counts.get(text, 0) + 1
+    return np.array([bool(text) and counts[text] > 1 for text in texts], float)
+
+
+def semantic(rows: Rows) -> np.ndarray:
+    """The e5 cosine the score stage computed per row (eval/semantic.py) and put in the row's "semantic" field."""
+    return np.array([row["semantic"] for row in rows.fields], float)
+
+
 def metric(name: str) -> Metric | None:
     return next((m for m in REGISTRY if m.name == name), None)
 
@@ -236,12 +296,22 @@ REGISTRY += (
            hub_type="accuracy", headline=True, delta=True, per_type=True, checkpoint=True, tracked=True),
     Metric("known_label_rate", HIGHER, known_type, ZERO_ONE, title="share of outputs with a known question type",
            format=".3f", headline=True, per_type=True),
+    Metric("type_macro_f1", HIGHER, type_codes, ZERO_ONE, reduce=macro_f1, format=".3f", headline=True, delta=True,
+           title="question-type macro-F1 over the references' types"),
     Metric("no_type_prefix_rate", LOWER, lambda rows: np.array([p is None for p in labels(rows.predictions)], float),
            ZERO_ONE, title="share of outputs that do not start with a (type) label", format=".3f", headline=True),
     Metric("hit_max_new_tokens_rate", LOWER, hit_max_new_tokens, ZERO_ONE, fields=("hit_max_new_tokens",),
            title="share of outputs cut at generate.max_new_tokens", format=".3f", headline=True),
     Metric("empty_rate", LOWER, empty, ZERO_ONE, title="share of empty outputs", format=".3f", headline=True,
            tracked=True),
+    Metric("repetition_rate", LOWER, repetition, ZERO_ONE, title="share of outputs caught in a repetition loop",
+           format=".3f", tokenized=True, headline=True),
+    Metric("constant_output_rate", LOWER, repeated_output, ZERO_ONE, format=".3f", headline=True,
+           title="share of outputs another row also has (the same text for different inputs)"),
+    # On when the score stage computes it (score.semantic true, or null and cheap: eval/semantic.py's plan).
+    Metric("semantic", HIGHER, semantic, (-1, 1), fields=("semantic",),
+           enabled=lambda score: score.semantic is not False, title="e5 cosine of the prediction's and the reference's question", headline=True, delta=True,
+           per_type=True),
     Metric("mean_chars", NEITHER, characters, NON_NEGATIVE, title="mean characters per output", format=".1f",
            headline=True),
     # A median of integer lengths jumps between a few values when resampled: its interval would say little.

@@ -122,8 +122,9 @@ def test_the_registry_names_each_metric_once_with_its_direction():
     assert len(names) == len(set(names))
     text_only = metrics.ExampleScores(PREDICTIONS, REFERENCES).metrics()
     assert list(text_only) == [m.name for m in metrics.REGISTRY if not m.fields]  # the registry's order
-    rows = [{"hit_max_new_tokens": False}] * len(PREDICTIONS)
-    assert list(metrics.ExampleScores(PREDICTIONS, REFERENCES, fields=rows).metrics()) == names
+    rows = [{"hit_max_new_tokens": False, "semantic": 0.5}] * len(PREDICTIONS)
+    assert list(metrics.ExampleScores(PREDICTIONS, REFERENCES, fields=rows, registry=metrics.REGISTRY).metrics()
+                ) == names
     assert metrics.metric("empty_rate").direction == metrics.LOWER
     assert metrics.metric("bleu").direction == metrics.HIGHER
     assert metrics.metric("mean_chars").direction == metrics.NEITHER and not metrics.metric("mean_chars").gateable
@@ -187,7 +188,9 @@ def test_the_committed_baseline_report_is_recomputed_to_the_last_digit():
         assert {k: got[k] for k in report["metrics"][name]} == report["metrics"][name]
         assert metrics.per_type(model_scores) == report["per_type"][name]
     samples, seed = report["config"]["score"]["bootstrap_samples"], report["config"]["score"]["seed"]
-    assert metrics.paired_bootstrap(scored["base"], scored["tuned"], None, samples, seed) == report["deltas"]["tuned"]
+    # the deltas the report has (metrics added since are not in it)
+    assert metrics.paired_bootstrap(scored["base"], scored["tuned"], list(report["deltas"]["tuned"]), samples,
+                                    seed) == report["deltas"]["tuned"]
 
 
 def test_paired_bootstrap_is_seeded_and_finds_a_real_improvement():
@@ -224,3 +227,74 @@ def test_the_evaluate_module_gives_the_same_numbers_offline_without_warnings(tmp
         by_characters = module.compute(predictions=PREDICTIONS, references=REFERENCES, tokenize="char")
     assert got == metrics.ExampleScores(PREDICTIONS, REFERENCES).metrics() and got["rougeL"] > 0.3
     assert by_characters == metrics.ExampleScores(PREDICTIONS, REFERENCES, "char").metrics() != got
+
+
+def test_type_macro_f1_by_hand():
+    """References A, A, B, B, C; predictions A, B, A, none, C.
+    A: TP 1, predicted 2, actual 2 -> F1 2/4; B: TP 0 -> 0; C: TP 1, predicted 1, actual 1 -> 1. Mean 0.5.
+    A subset of rows scores over its own references' types: rows 0 and 1 (both A): A predicted once, right once,
+    actual twice -> 2/3."""
+    predictions = ["(A) 가?", "(B) 가?", "(A) 가?", "가?", "(C) 가?"]
+    references = ["(A) 가?", "(A) 가?", "(B) 가?", "(B) 가?", "(C) 가?"]
+    example_scores = metrics.ExampleScores(predictions, references)
+    assert example_scores.metrics()["type_macro_f1"] == pytest.approx(0.5)
+    assert example_scores.metrics()["type_accuracy"] == pytest.approx(2 / 5)
+    assert example_scores.metrics([0, 1])["type_macro_f1"] == pytest.approx(2 / 3)
+    # every prediction the majority type: accuracy 2/5, macro-F1 = F1 of A alone (2*2 / (5 + 2)) / 3 types
+    majority = metrics.ExampleScores(["(A) 가?"] * 5, references).metrics()
+    assert majority["type_accuracy"] == pytest.approx(2 / 5)
+    assert majority["type_macro_f1"] == pytest.approx((4 / 7) / 3)
+    assert scores(REFERENCES, REFERENCES)["type_macro_f1"] == 1.0
+
+
+def test_type_macro_f1_paired_bootstrap_recomputes_it_per_resample():
+    references = ["(A) 가?", "(A) 가?", "(B) 가?", "(B) 가?"] * 5
+    right = metrics.ExampleScores(references, references)
+    wrong = metrics.ExampleScores(["(A) 가?"] * 20, references)
+    delta = metrics.paired_bootstrap(wrong, right, ["type_macro_f1"], samples=200)["type_macro_f1"]
+    assert delta["delta"] == pytest.approx(1 - (2 * 10 / 30) / 2)  # wrong: A's F1 20/30, B's 0
+    assert delta["ci95_low"] > 0 and delta["p_value"] < 0.05
+
+
+@pytest.mark.parametrize("text, looped", [
+    ("a b c d a b c d a b c d", True),          # a 4-token unit three times
+    ("x a b c d a b c d a b c d y", True),
+    ("a b c d a b c d a b c e", False),         # the third time differs in its last token
+    ("a b c d a b c d", False),                 # twice only
+    ("a b a b a b a b a b a b", True),          # a 2-token unit six times
+    ("a b a b a b a b a b", False),             # five times: 10 tokens
+    (" ".join(["w"] * 12), True), (" ".join(["w"] * 11), False),
+    ("a b c a b c a b c a b c", True),          # a 3-token unit four times (12 tokens)
+    ("a b c d e a b c d e a b c d e", False),   # a 5-token unit is no loop of at most 4
+])
+def test_repetition_loop_definition(text, looped):
+    assert metrics.in_a_loop(text.split()) is looped
+    assert scores([text], ["a"], tokenize="13a")["repetition_rate"] == float(looped)
+
+
+def test_repetition_rate_over_korean_morphemes():
+    """무슨 뜻인가요? -> 무슨 뜻 인가요 ? (four morphemes): three times in a row is a loop, twice is not."""
+    got = scores(["무슨 뜻인가요? 무슨 뜻인가요? 무슨 뜻인가요?", "무슨 뜻인가요? 무슨 뜻인가요?"], ["가", "나"])
+    assert got["repetition_rate"] == pytest.approx(1 / 2)
+
+
+def test_constant_output_rate_by_hand():
+    """Outputs ",", ",", "a?", "", "": the two commas share a text (2 rows); empty outputs never count."""
+    got = scores([",", ", ", "a?", "", ""], ["가", "나", "다", "라", "마"])
+    assert got["constant_output_rate"] == pytest.approx(2 / 5)
+    assert scores([","] * 4, ["가", "나", "다", "라"])["constant_output_rate"] == 1.0
+    assert scores(PREDICTIONS, REFERENCES)["constant_output_rate"] == 0.0
+
+
+def test_semantic_reads_the_rows_field_and_is_on_unless_switched_off():
+    rows = [{"semantic": v} for v in (0.5, -0.25, 1.0, 0.75)]
+    got = metrics.ExampleScores(PREDICTIONS, REFERENCES, fields=rows, registry=metrics.REGISTRY).metrics()
+    assert got["semantic"] == pytest.approx(0.5)
+    assert "semantic" not in metrics.ExampleScores(PREDICTIONS, REFERENCES, registry=metrics.REGISTRY).metrics()
+
+    class Score:
+        semantic = False
+    assert metrics.metric("semantic") not in metrics.enabled(Score)
+    Score.semantic = None
+    assert metrics.metric("semantic") in metrics.enabled(Score)
+    assert metrics.metric("semantic").delta and metrics.metric("semantic").per_type
