@@ -176,6 +176,8 @@ def score_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     cfg = load_job_config(config_path, overrides)
     report_path = score(cfg, Path(cfg.output.dir))
     write_adapter_card(cfg, Path(cfg.output.dir))
+    for warning in json.loads(report_path.read_text(encoding="utf-8")).get("warnings", ()):
+        click.echo(f"WARNING: {warning['message']}")
     click.echo(f"report: {report_path}")
 
 
@@ -248,6 +250,8 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
               help="Also fail unless the candidate model beats its base with p < 0.05 on these metrics.")
 @click.option("--regression-threshold", type=float, default=0.05, show_default=True,
               help="A paired row regressed (improved) when its ROUGE-L fell (rose) by more than this.")
+@click.option("--fail-on-warnings", is_flag=True, help="Also fail (exit 1) when the candidate report warns about "
+              "the model: outputs identical to the reference model's (score.identical_warning), or one repeated text.")
 @click.option("--format", "output_format", type=click.Choice(["text", "markdown"]), default="text",
               show_default=True, help="markdown: a table for $GITHUB_STEP_SUMMARY or a pull request.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
@@ -255,9 +259,10 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
 def compare_command(baseline: str, candidate: str, max_drop: str | None, max_drop_per_type: str | None,
                     min_type_rows: int, model: str, baseline_predictions: str | None, rule: str, unpaired: bool,
                     allow_different_data: bool, require_improvement: bool, regression_threshold: float,
-                    output_format: str, html_path: str | None) -> None:
+                    fail_on_warnings: bool, output_format: str, html_path: str | None) -> None:
     """Regression gate for CI: exit 0 when nothing got worse beyond its limit (overall, and per question type with
-    --max-drop-per-type), 1 with a table otherwise, 2 when the reports cannot be compared (other test rows or
+    --max-drop-per-type) and, with --fail-on-warnings, the candidate report has no warning about the model; 1 with a
+    table otherwise, 2 when the reports cannot be compared (other test rows or
     metric settings, an unreadable schema version) or an option is wrong."""
     from eval.compare import compare, parse_max_drop
     from eval.verdict import compare_html, format_verdict
@@ -269,7 +274,8 @@ def compare_command(baseline: str, candidate: str, max_drop: str | None, max_dro
                       allow_different_data=allow_different_data,
                       max_drop_per_type=(parse_max_drop(max_drop_per_type, "--max-drop-per-type")
                                          if max_drop_per_type is not None else {}),
-                      min_type_rows=min_type_rows, regression_threshold=regression_threshold)
+                      min_type_rows=min_type_rows, regression_threshold=regression_threshold,
+                      fail_on_warnings=fail_on_warnings)
     click.echo(format_verdict(verdict, markdown=output_format == "markdown"))
     if html_path:
         Path(html_path).parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,9 @@ p < 0.05 on each named metric.
 
 --max-drop-per-type gates each question type (the reference's "(type)" label) with at least --min-type-rows rows
 the same way, on that type's rows alone (its interval resamples only them): an average can hide a type that got
-worse. Smaller types are shown as "too few rows to judge" and not gated. With the predictions paired, the verdict
+worse. Smaller types are shown as "too few rows to judge" and not gated. The candidate report's warnings about the
+model (eval/sanity.py: outputs identical to the reference model's, collapsed to one text) are shown; with
+--fail-on-warnings they fail the gate (exit 1); a 3.0 report has none. With the predictions paired, the verdict
 also sorts the rows by their ROUGE-L change into regressed / improved / unchanged (beyond +-
 --regression-threshold) and keeps the worst regressed rows for the summary and compare.html (eval/verdict.py).
 """
@@ -103,7 +105,7 @@ def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float
             rule: str = "point", require_improvement: bool = False, unpaired: bool = False,
             baseline_predictions: Path | None = None, allow_different_data: bool = False,
             max_drop_per_type: dict[str, float] | None = None, min_type_rows: int = 30,
-            regression_threshold: float = 0.05) -> Verdict:
+            regression_threshold: float = 0.05, fail_on_warnings: bool = False) -> Verdict:
     per_type = max_drop_per_type or {}
     if not max_drop and not per_type:
         raise ConfigError("nothing to gate: name metrics in --max-drop or --max-drop-per-type")
@@ -119,7 +121,8 @@ def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float
         raise ConfigError(f"the reports are not comparable: {'; '.join(differences)} (pass --allow-different-data "
                           "to compare them anyway)")
     verdict = Verdict(model=model, min_type_rows=min_type_rows, reports={
-        "baseline": facts(baseline, baseline_path), "candidate": facts(candidate, candidate_path)})
+        "baseline": facts(baseline, baseline_path), "candidate": facts(candidate, candidate_path)},
+        warnings=[w for w in candidate.get("warnings", ()) if w["model"] == model], fail_on_warnings=fail_on_warnings)
     verdict.notes += [f"allowed by --allow-different-data: {difference}" for difference in differences]
     for name in (n for n in (model, "base") if n not in baseline["metrics"] or n not in candidate["metrics"]):
         raise ConfigError(f"--model: {name!r} is not a model of both reports (baseline: "
@@ -127,6 +130,11 @@ def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float
     for option, limits in (("--max-drop", max_drop), ("--max-drop-per-type", per_type)):
         check_gated(option, limits, model, (baseline, baseline_path), (candidate, candidate_path))
     gated = list(dict.fromkeys([*max_drop, *per_type]))
+    engines = [report.get("semantic", {}).get("identity") for report in (baseline, candidate)]
+    if "semantic" in gated and engines[0] != engines[1] and not allow_different_data:
+        raise ConfigError(f"semantic was computed by different engines (baseline: {engines[0]}; candidate: "
+                          f"{engines[1]}): their numbers differ slightly; pass --allow-different-data to gate it "
+                          "anyway")
     unpairable = [name for name in gated if not metrics.metric(name).pairable]
     if rule != "point" and unpairable:
         raise ConfigError(f"--rule {rule}: {', '.join(unpairable)} has no meaningful paired interval (eval/metrics.py: "

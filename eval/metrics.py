@@ -37,6 +37,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from pipeline.text import normalize, split_label
 
 TOKENIZERS = ("ko-mecab", "13a", "intl", "char")
+NO_LABEL = "(no label)"  # the question type of a text without a "(type)" label
 HIGHER, LOWER, NEITHER = 1, -1, 0
 
 
@@ -369,14 +370,19 @@ def per_type(scores: ExampleScores, names: list[str] | None = None) -> dict:
     """The per-type metrics (default: those flagged per_type) grouped by the reference's question type, largest
     group first."""
     names = [name for name, m in scores.computed.items() if m.per_type] if names is None else names
-    groups: dict[str, list[int]] = {}
-    for index, label in enumerate(labels(scores.references)):
-        groups.setdefault(label or "(no label)", []).append(index)
     table = {}
-    for label, indices in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+    for label, indices in type_groups(scores.references).items():
         subset = scores.metrics(indices)
         table[label] = {"rows": len(indices), **{name: subset[name] for name in names}}
     return table
+
+
+def type_groups(references: list[str]) -> dict[str, list[int]]:
+    """Row indices by the reference's question type ("(no label)" for none), largest group first."""
+    groups: dict[str, list[int]] = {}
+    for index, label in enumerate(labels(references)):
+        groups.setdefault(label or NO_LABEL, []).append(index)
+    return dict(sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])))
 
 
 def paired_bootstrap(a: ExampleScores, b: ExampleScores, names: list[str] | None = None, samples: int = 1000,

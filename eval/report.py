@@ -1,4 +1,4 @@
-"""The report: report.json (validated against report.schema.json), report.md and report.png.
+"""The report: report.json (validated against report.schema.json), report.md, report.png and report.html.
 
 This module is the only writer of the report. JSON is written with ensure_ascii=False, indent 2 and a stable
 key order (the order the report is built in), through a temporary file and a rename.
@@ -15,7 +15,10 @@ from eval import metrics
 from pipeline.stage import atomic_path, write_json_atomic, write_text_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
-SCHEMA_VERSION = "3.0"
+SCHEMA_VERSION = "3.1"
+# The version in the metric settings (and so in their fingerprint): it changes only when a metric's definition
+# does, so that reports of schema 3.0 and 3.1 with the same settings compare (eval/compare.py).
+METRIC_SETTINGS_VERSION = "3.0"
 MISSING = "—"  # in a table: a metric the report lacks (made by another version, or not enabled there)
 # English names for the plot (matplotlib's default font has no Hangul); unknown labels become "type N".
 TYPE_NAMES = {"의미 명확히 하기": "clarity", "가정 살펴보기": "assumptions", "이유와 근거 묻기": "reasons/evidence",
@@ -60,11 +63,20 @@ def change(before: dict, after: dict, name: str) -> str:
     return f"{after[name] - before[name]:+.4f}" if name in before and name in after else MISSING
 
 
-def write_report(report: dict, output_dir: Path) -> dict[str, Path]:
+def write_report(report: dict, output_dir: Path, rows: dict[str, list[dict]] | None = None,
+                 per_example: dict[str, dict] | None = None) -> dict[str, Path]:
+    """report.png, report.md, with the prediction `rows` per model and their `per_example` scores
+    ({metric: {model: values}}) report.html, and last report.json."""
     validate(report)
     paths = {"json": output_dir / "report.json", "md": output_dir / "report.md", "png": output_dir / "report.png"}
     write_png(report, paths["png"])
     write_text_atomic(paths["md"], markdown(report))
+    if rows is not None:
+        from eval.html import render_html  # eval.html reads this module's compared_models
+
+        paths["html"] = output_dir / "report.html"
+        write_text_atomic(paths["html"], render_html(
+            report, rows, per_example or {}, regression_threshold=report["config"]["score"]["regression_threshold"]))
     write_json_atomic(paths["json"], report)  # last: its presence marks the score stage finished
     return paths
 
@@ -76,9 +88,11 @@ def compared_models(report: dict) -> list[str]:
 
 
 def summary_table(report: dict) -> str:
-    """Plain-text table of the headline metrics per model, and each model's paired delta against the reference."""
+    """Plain-text table of the headline metrics per model, and each model's paired delta against the reference;
+    the report's warnings first."""
     models = compared_models(report)
-    lines = [f"{'metric':<26}" + "".join(f"{name[:12]:>13}" for name in models)]
+    lines = [f"WARNING: {w['message']}" for w in report.get("warnings", ())]
+    lines.append(f"{'metric':<26}" + "".join(f"{name[:12]:>13}" for name in models))
     for metric in metrics.flagged("headline"):
         lines.append(f"{metric.name:<26}" + "".join(f"{cell(report['metrics'][name], metric.name):>13}"
                                                     for name in models))
@@ -98,6 +112,8 @@ def markdown(report: dict) -> str:
                else f"the adapter {report['adapter']}")
     out = [
         "# Evaluation report", "",
+        *([f"**Warnings:** {'; '.join(w['message'] for w in report['warnings'])}.", ""] if report.get("warnings")
+          else []),
         f"Model `{cfg['model']['source']}` + {adapted}; data `{cfg['data']['source']}`, {report['rows']} test rows "
         f"(fingerprint `{report['test_set']['sha256'][:16]}`); metrics `{report['metric_settings']['tokenize']}` "
         f"(fingerprint `{report['metric_settings']['fingerprint']}`); inputs hash `{report['inputs_hash']}`; "
@@ -128,6 +144,8 @@ def markdown(report: dict) -> str:
         cells = " | ".join(cell(report["per_type"][model][label], m.name, m.format)
                            for model in models for m in featured)
         out.append(f"| {label} | {base['rows']} | {cells} |")
+    if "sanity" in report:  # schema 3.1
+        out += believability(report, models)
     if report["checkpoints"]:
         shown = metrics.flagged("checkpoint")
         out += ["", "## Training checkpoints", "", "| step | " + " | ".join(m.name for m in shown) + " |",
@@ -153,6 +171,67 @@ def markdown(report: dict) -> str:
         out += [f"- {name}: {_one_line(text)}" for name, text in example["predictions"].items()] + [""]
     out += ["## Signatures", ""] + [f"- {k}: `{v}`" for k, v in report["metric_settings"]["signatures"].items()]
     return "\n".join(out) + "\n"
+
+
+MIN_TYPE_ROWS = 30  # a question type with fewer rows is shown but too few to judge (compare's --min-type-rows)
+SHOWN_IDS = 10  # the regressed row ids report.md lists per model
+
+
+def believability(report: dict, models: list[str]) -> list[str]:
+    """report.md's sections on whether to believe the numbers (schema 3.1): sanity counters, type accuracy next to
+    what guessing scores, the rows that regressed, each question type's deltas."""
+    reference, types = report["reference"], report["types"]
+    out = ["", "## Sanity", "", f"Shares of rows. identical: the output is {reference}'s; constant: another row has the "
+           "same output; loop: a unit of at most 4 tokens repeated to 12; length: output characters over reference "
+           "characters.", "",
+           "| model | identical | constant | empty | loop | no (type) | length | most common output |",
+           "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, s in report["sanity"].items():
+        identical = MISSING if s["identical_to_reference"] is None else f"{s['identical_to_reference']:.3f}"
+        common = s["most_common_output"]
+        out.append(f"| {name} | {identical} | {s['constant_output']:.3f} | {s['empty']:.3f} | "
+                   f"{s['repetition_loop']:.3f} | {s['no_type_prefix']:.3f} | {s['length_ratio']:.2f} | "
+                   f"{_one_line(common['text'])[:60]} (x{common['count']}) |")
+    out += ["", "## Question types", "",
+            f"Always answering the most frequent type ({types['majority_label']}) scores accuracy "
+            f"{types['majority_baseline']:.3f}; guessing uniformly among the {len(types['labels'])} types "
+            f"{types['chance_baseline']:.3f}. Macro-F1 weighs each type the same (a type never predicted: 0).", "",
+            "| model | accuracy | macro-F1 | majority baseline | chance baseline |", "|---|---:|---:|---:|---:|"]
+    out += [f"| {name} | {t['accuracy']:.3f} | {t['macro_f1']:.3f} | {types['majority_baseline']:.3f} | "
+            f"{types['chance_baseline']:.3f} |" for name, t in types["models"].items()]
+    predicted = {name: t["predicted_distribution"] for name, t in types["models"].items()}
+    labels = list(dict.fromkeys([*types["reference_distribution"], *(k for d in predicted.values() for k in d)]))
+    out += ["", "Rows per type: the references' and each model's predictions.", "",
+            "| type | reference | " + " | ".join(predicted) + " |", "|---|---:|" + "---:|" * len(predicted)]
+    out += [f"| {label} | {types['reference_distribution'].get(label, 0)} | " +
+            " | ".join(str(d.get(label, 0)) for d in predicted.values()) + " |" for label in labels]
+    if report["regressions"]:
+        threshold = next(iter(report["regressions"].values()))["threshold"]
+        out += ["", f"## Rows that changed against {reference}", "",
+                f"By each row's ROUGE-L change beyond ±{threshold} (score.regression_threshold); regressed ids worst "
+                "first.", "", "| model | regressed | improved | unchanged | first regressed ids |",
+                "|---|---:|---:|---:|---|"]
+        for name, r in report["regressions"].items():
+            ids = ", ".join(r["regressed"]["ids"][:SHOWN_IDS]) or MISSING
+            out.append(f"| {name} | {r['regressed']['count']} | {r['improved']['count']} | "
+                       f"{r['unchanged']['count']} | {ids} |")
+    if report["per_type_deltas"]:
+        out += ["", f"## Deltas by question type against {reference}", "",
+                "Each type's paired bootstrap over its own rows: delta [95% interval]. A type with fewer than "
+                f"{MIN_TYPE_ROWS} rows is shown but too few rows to judge."]
+        for name, by_type in report["per_type_deltas"].items():
+            names = list(dict.fromkeys(k for row in by_type.values() for k in row if k != "rows"))
+            out += ["", f"| {name}: type | rows | " + " | ".join(names) + " | |",
+                    "|---|---:|" + "---|" * len(names) + "---|"]
+            for label, row in by_type.items():
+                cells = [f"{row[n]['delta']:+.4f} [{row[n]['ci95_low']:+.4f}, {row[n]['ci95_high']:+.4f}]"
+                         if n in row else MISSING for n in names]
+                judged = "too few rows to judge" if row["rows"] < MIN_TYPE_ROWS else ""
+                out.append(f"| {label} | {row['rows']} | " + " | ".join(cells) + f" | {judged} |")
+    out += ["", f"Semantic: {report['semantic']['reason']}" + (
+        f"; {report['semantic']['identity']}, {report['semantic']['seconds']} s" if report["semantic"]["enabled"]
+        else "") + "."]
+    return out
 
 
 def provenance_line(provenance: dict) -> str:

