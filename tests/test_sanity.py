@@ -237,3 +237,16 @@ def test_regressions_block_by_hand():
     assert block["tuned"]["regressed"] == {"count": 1, "ids": ["a"]}
     assert block["tuned"]["improved"] == {"count": 1, "ids": ["b"]}
     assert block["tuned"]["metric"] == "rougeL" and block["tuned"]["threshold"] == 0.05
+
+
+def test_semantic_is_gated_only_between_reports_of_one_engine(unchanged, tmp_path, capsys):
+    report_path = unchanged[1]
+    other = read(report_path)
+    other["semantic"]["identity"] = "intfloat/multilingual-e5-small fp32, transformers 9"
+    (tmp_path / "other.json").write_text(json.dumps(other, ensure_ascii=False), encoding="utf-8")
+    args = ["compare", "--baseline", str(report_path), "--candidate", str(tmp_path / "other.json")]
+    assert main([*args, "--max-drop", "semantic=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "semantic was computed by different engines" in err
+    assert main([*args, "--max-drop", "rougeL=0"]) == 0  # other metrics are not affected
+    assert main([*args, "--max-drop", "semantic=0", "--allow-different-data"]) == 0
