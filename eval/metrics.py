@@ -311,8 +311,8 @@ REGISTRY += (
            title="share of outputs another row also has (the same text for different inputs)"),
     # On when the score stage computes it (score.semantic true, or null and cheap: eval/semantic.py's plan).
     Metric("semantic", HIGHER, semantic, (-1, 1), fields=("semantic",),
-           enabled=lambda score: score.semantic is not False, title="e5 cosine of the prediction's and the reference's question", headline=True, delta=True,
-           per_type=True),
+           enabled=lambda score: score.semantic is not False, headline=True, delta=True, per_type=True,
+           title="e5 cosine of the prediction's and the reference's question"),
     Metric("mean_chars", NEITHER, characters, NON_NEGATIVE, title="mean characters per output", format=".1f",
            headline=True),
     # A median of integer lengths jumps between a few values when resampled: its interval would say little.

@@ -181,9 +181,9 @@ def believability(report: dict, models: list[str]) -> list[str]:
     """report.md's sections on whether to believe the numbers (schema 3.1): sanity counters, type accuracy next to
     what guessing scores, the rows that regressed, each question type's deltas."""
     reference, types = report["reference"], report["types"]
-    out = ["", "## Sanity", "", f"Shares of rows. identical: the output is {reference}'s; constant: another row has the "
-           "same output; loop: a unit of at most 4 tokens repeated to 12; length: output characters over reference "
-           "characters.", "",
+    out = ["", "## Sanity", "", f"Shares of rows. identical: the output is {reference}'s; constant: another row has "
+           "the same output; loop: a unit of at most 4 tokens repeated to 12; length: output characters over "
+           "reference characters.", "",
            "| model | identical | constant | empty | loop | no (type) | length | most common output |",
            "|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, s in report["sanity"].items():

@@ -8,9 +8,10 @@ for every model of the run on the same rows, paired-bootstrap deltas of each aga
 (score.reference, default base), a per-type table with each type's own deltas, metric points per training
 checkpoint (score.checkpoints), ten example rows, and what says whether to believe them (eval/sanity.py): sanity
 counters and warnings (an adapter that changed nothing, a collapsed model), type accuracy next to its baselines,
-the rows that regressed; `semantic` (e5 cosines) when eval/semantic.py's plan says it is cheap or it is asked for. The report records what is needed to rerun it and to compare it fairly: the resolved
-config and the hash of its inputs, fingerprints of the test set and of the metric settings, where its
-predictions are (and their hash), each stage's provenance (commit, packages, hardware) and wall time.
+the rows that regressed; `semantic` (e5 cosines) when eval/semantic.py's plan says it is cheap or it is asked
+for. The report records what is needed to rerun it and to compare it fairly: the resolved config and the hash
+of its inputs, fingerprints of the test set and of the metric settings, where its predictions are (and their
+hash), each stage's provenance (commit, packages, hardware) and wall time.
 """
 
 from __future__ import annotations
@@ -130,8 +131,7 @@ def semantic_scores(cfg: Config, predictions: dict[str, list[str]],
     cheap), each model's per-row e5 cosines; the plan's one line is logged either way."""
     plan = semantic.plan(predictions, references, cfg.score.semantic)
     log.info("score: %s", plan.message)
-    backend, backend_identity, _ = semantic.backend()
-    block = {"enabled": plan.run, "backend": backend if plan.run else None, "identity": None,
+    block = {"enabled": plan.run, "backend": semantic.backend()[0] if plan.run else None, "identity": None,
              "model": semantic.MODEL_ID, "texts": plan.texts if plan.run else 0, "seconds": None,
              "reason": plan.message}
     if not plan.run:
