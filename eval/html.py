@@ -1,12 +1,17 @@
 """report.html and compare.html: one self-contained file each (inline CSS and JavaScript, no CDN, no server), so a
 report opens from file:// and works as a CI artifact.
 
-    render_html(report, rows, per_example)           -> report.html: run facts, metrics with deltas, 95% intervals
-                                                        and p-values, regressions, per-type table, example browser
-    render_compare_html(comparison)                  -> compare.html: the gate's checks and the worst regressed rows
+    render_html(report, rows, per_example)           -> report.html: warnings, run facts, metrics with deltas, 95%
+                                                        intervals and p-values, output sanity, regressions, question
+                                                        types, per-type tables and deltas, example browser
+    render_compare_html(comparison)                  -> compare.html: the reports' warnings, the gate's checks and
+                                                        the worst regressed rows
     regression_buckets(ref_values, model_values, threshold, ids) -> rows regressed / improved / unchanged
 
-The static parts are HTML written here (every text escaped); the example browser is data (JSON in a
+The sections made from schema 3.1's blocks are eval/html_sections.py's; a report without a block (3.0) is shown
+without its section. This module imports nothing of eval.report, which writes report.html through it.
+
+The static parts are HTML (every text escaped); the example browser is data (JSON in a
 <script type="application/json">, "<" escaped so that no text can close the element) drawn by the small script in
 report_template.html with DOM calls and textContent, so model outputs are never parsed as HTML. Each row is linkable
 as #row-<id>: opening such a link scrolls to the row and highlights it.
