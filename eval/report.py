@@ -12,14 +12,12 @@ from pathlib import Path
 import jsonschema
 
 from eval import metrics
-from pipeline.stage import atomic_path, write_json_atomic, write_text_atomic
+from eval.report_png import write_png
+from eval.report_view import MISSING, TYPE_NAMES, cell, change, compared_models  # noqa: F401 (re-exported)
+from pipeline.stage import write_json_atomic, write_text_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 SCHEMA_VERSION = "3.0"
-MISSING = "—"  # in a table: a metric the report lacks (made by another version, or not enabled there)
-# English names for the plot (matplotlib's default font has no Hangul); unknown labels become "type N".
-TYPE_NAMES = {"의미 명확히 하기": "clarity", "가정 살펴보기": "assumptions", "이유와 근거 묻기": "reasons/evidence",
-              "함의와 결과 따져보기": "implications", "다른 관점 생각하기": "alt. viewpoints"}
 
 
 def schema(complete: bool = True) -> dict:
@@ -50,16 +48,6 @@ def validate(report: dict, complete: bool = True) -> None:
     jsonschema.validate(report, schema(complete))
 
 
-def cell(values: dict, name: str, spec: str = ".4f") -> str:
-    """A metric's value as the tables show it: MISSING where `values` (one model's metrics) has none."""
-    return format(values[name], spec) if name in values else MISSING
-
-
-def change(before: dict, after: dict, name: str) -> str:
-    """after minus before, as the tables show it; MISSING unless both have the metric."""
-    return f"{after[name] - before[name]:+.4f}" if name in before and name in after else MISSING
-
-
 def write_report(report: dict, output_dir: Path) -> dict[str, Path]:
     validate(report)
     paths = {"json": output_dir / "report.json", "md": output_dir / "report.md", "png": output_dir / "report.png"}
@@ -67,12 +55,6 @@ def write_report(report: dict, output_dir: Path) -> dict[str, Path]:
     write_text_atomic(paths["md"], markdown(report))
     write_json_atomic(paths["json"], report)  # last: its presence marks the score stage finished
     return paths
-
-
-def compared_models(report: dict) -> list[str]:
-    """The models shown side by side: every model but the training checkpoints (they have their own table)."""
-    checkpoints = {c["model"] for c in report["checkpoints"]} - {"tuned"}
-    return [name for name in report["models"] if name not in checkpoints]
 
 
 def summary_table(report: dict) -> str:
@@ -163,44 +145,6 @@ def provenance_line(provenance: dict) -> str:
     warnings = ([] if provenance["same_commit"] else ["**the stages ran from different commits**"]) + (
         ["**uncommitted edits**"] if provenance["dirty"] else [])
     return "; ".join([f"commits: {where}", *warnings])
-
-
-def write_png(report: dict, path: Path) -> None:
-    """Training loss, the first featured metric (ROUGE-L) per saved checkpoint (where quality peaked) and per
-    question type and model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (loss_ax, step_ax, type_ax) = plt.subplots(1, 3, figsize=(17, 4.5))
-    curve = report["train"]["loss_curve"] if report["train"] else []
-    loss_ax.plot([s for s, _ in curve], [v for _, v in curve], marker=".")
-    loss_ax.set(title="Training loss", xlabel="step", ylabel="loss")
-    loss_ax.grid(alpha=0.3)
-    plotted = metrics.metric(metrics.FEATURED[0])
-    points = [c for c in report["checkpoints"] if plotted.name in c]
-    step_ax.plot([c["step"] for c in points], [c[plotted.name] for c in points], marker="o", label="checkpoints")
-    step_ax.axhline(report["metrics"]["base"][plotted.name], color="gray", linestyle="--", label="base")
-    step_ax.set(title=f"{plotted.title} by training step" if points else
-                f"{plotted.title} by step (score.checkpoints: off)", xlabel="step", ylabel=plotted.title)
-    step_ax.grid(alpha=0.3)
-    step_ax.legend()
-    models = compared_models(report)
-    labels = list(report["per_type"]["base"])
-    width = 0.8 / len(models)
-    for offset, model in enumerate(models):
-        values = [report["per_type"][model][label][plotted.name] for label in labels]
-        type_ax.bar([p + (offset - (len(models) - 1) / 2) * width for p in range(len(labels))], values, width=width,
-                    label=model)
-    type_ax.set_xticks(list(range(len(labels))), [TYPE_NAMES.get(label, f"type {i + 1}")
-                                                  for i, label in enumerate(labels)], rotation=20, ha="right")
-    type_ax.set(title=f"{plotted.title} by question type", ylabel=plotted.title)
-    type_ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
 
 
 def _one_line(text: str) -> str:
