@@ -69,8 +69,8 @@ gpu-check: install
 # rouge_score, nltk). rouge_score has no wheel on PyPI: built here (pure Python).
 # There: pip install --no-index --no-deps --target /tmp/site .gpu/whl/*.whl, then
 # PYTHONPATH=/tmp/site:. python3 -m bench.gpu_check --tokenizer .gpu/tokenizer --out $$OUT (see README).
-GPU_WHEELS := trl datasets dill multiprocess pydantic pydantic_core annotated-types typing-inspection jsonschema \
-	jsonschema-specifications referencing rpds-py nltk defusedxml
+GPU_WHEELS := trl datasets dill multiprocess pydantic pydantic_core annotated-types typing-inspection
+GPU_WHEELS += jsonschema jsonschema-specifications referencing rpds-py nltk defusedxml
 gpu-bundle: install
 	rm -rf .gpu && mkdir -p .gpu/tokenizer .gpu/whl
 	cp "$$($(PY) -c 'from pipeline.config import ModelConfig; from pipeline.sources import ensure_embedded_model; print(ensure_embedded_model(ModelConfig()))')"/{config.json,tokenizer.json,tokenizer_config.json} .gpu/tokenizer/
