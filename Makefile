@@ -65,14 +65,18 @@ gpu-check: install
 	$(PY) -m bench.gpu_check
 
 # The device image has torch, transformers, peft, accelerate, pyarrow, pandas, xxhash; not trl, datasets and
-# datasets' dill/multiprocess. There: pip install --no-index --no-deps --target /tmp/site .gpu/whl/*.whl, then
+# datasets' dill/multiprocess, nor what pipeline/ imports besides (config: pydantic; the card's metrics: jsonschema,
+# rouge_score, nltk). rouge_score has no wheel on PyPI: built here (pure Python).
+# There: pip install --no-index --no-deps --target /tmp/site .gpu/whl/*.whl, then
 # PYTHONPATH=/tmp/site:. python3 -m bench.gpu_check --tokenizer .gpu/tokenizer --out $$OUT (see README).
-GPU_WHEELS := trl datasets dill multiprocess
+GPU_WHEELS := trl datasets dill multiprocess pydantic pydantic_core annotated-types typing-inspection
+GPU_WHEELS += jsonschema jsonschema-specifications referencing rpds-py nltk defusedxml
 gpu-bundle: install
 	rm -rf .gpu && mkdir -p .gpu/tokenizer .gpu/whl
 	cp "$$($(PY) -c 'from pipeline.config import ModelConfig; from pipeline.sources import ensure_embedded_model; print(ensure_embedded_model(ModelConfig()))')"/{config.json,tokenizer.json,tokenizer_config.json} .gpu/tokenizer/
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_17_x86_64 -d .gpu/whl $$(grep -E '^($(subst $(space),|,$(GPU_WHEELS)))==' constraints.txt)
+	$(PY) -m pip wheel --quiet --no-deps -w .gpu/whl $$(grep -E '^rouge_score==' constraints.txt)
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
                "train": [time_training(cfg, tokenizer, dims, dtype, device, batch, steps)
                          for batch in (cfg.train.per_device_train_batch_size, 16)]}
     path = Path(args.out) / "gpu_results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     print(table(results))
     print(f"results: {path}")

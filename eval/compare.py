@@ -285,7 +285,8 @@ def same_metric_settings(a: dict, b: dict) -> bool:
 
 def facts(report: dict, path: Path) -> dict:
     return {"path": str(path), "created_at": report["created_at"], "rows": report["rows"],
-            "commit": report["provenance"]["score"]["git"]["commit"], "schema_version": report["schema_version"]}
+            "commit": report["provenance"]["score"]["git"]["commit"], "schema_version": report["schema_version"],
+            "warnings": report.get("warnings", [])}  # 3.1: the report's sanity warnings, a banner in compare.html
 
 
 def improvement(candidate: dict, model: str, name: str) -> Check | None:

@@ -12,17 +12,17 @@ from pathlib import Path
 import jsonschema
 
 from eval import metrics
-from pipeline.stage import atomic_path, write_json_atomic, write_text_atomic
+from eval.html import render_html
+from eval.report_png import write_png
+from eval.report_view import (MIN_TYPE_ROWS, MISSING, TYPE_NAMES, cell, change, compared_models,  # noqa: F401
+                              distribution)  # (re-exported)
+from pipeline.stage import write_json_atomic, write_text_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 SCHEMA_VERSION = "3.1"
 # The version in the metric settings (and so in their fingerprint): it changes only when a metric's definition
 # does, so that reports of schema 3.0 and 3.1 with the same settings compare (eval/compare.py).
 METRIC_SETTINGS_VERSION = "3.0"
-MISSING = "—"  # in a table: a metric the report lacks (made by another version, or not enabled there)
-# English names for the plot (matplotlib's default font has no Hangul); unknown labels become "type N".
-TYPE_NAMES = {"의미 명확히 하기": "clarity", "가정 살펴보기": "assumptions", "이유와 근거 묻기": "reasons/evidence",
-              "함의와 결과 따져보기": "implications", "다른 관점 생각하기": "alt. viewpoints"}
 
 
 def schema(complete: bool = True) -> dict:
@@ -53,16 +53,6 @@ def validate(report: dict, complete: bool = True) -> None:
     jsonschema.validate(report, schema(complete))
 
 
-def cell(values: dict, name: str, spec: str = ".4f") -> str:
-    """A metric's value as the tables show it: MISSING where `values` (one model's metrics) has none."""
-    return format(values[name], spec) if name in values else MISSING
-
-
-def change(before: dict, after: dict, name: str) -> str:
-    """after minus before, as the tables show it; MISSING unless both have the metric."""
-    return f"{after[name] - before[name]:+.4f}" if name in before and name in after else MISSING
-
-
 def write_report(report: dict, output_dir: Path, rows: dict[str, list[dict]] | None = None,
                  per_example: dict[str, dict] | None = None) -> dict[str, Path]:
     """report.png, report.md, with the prediction `rows` per model and their `per_example` scores
@@ -71,20 +61,11 @@ def write_report(report: dict, output_dir: Path, rows: dict[str, list[dict]] | N
     paths = {"json": output_dir / "report.json", "md": output_dir / "report.md", "png": output_dir / "report.png"}
     write_png(report, paths["png"])
     write_text_atomic(paths["md"], markdown(report))
-    if rows is not None:
-        from eval.html import render_html  # eval.html reads this module's compared_models
-
+    if rows is not None:  # the rows that regressed: by the report's own regressions block
         paths["html"] = output_dir / "report.html"
-        write_text_atomic(paths["html"], render_html(
-            report, rows, per_example or {}, regression_threshold=report["config"]["score"]["regression_threshold"]))
+        write_text_atomic(paths["html"], render_html(report, rows, per_example or {}))
     write_json_atomic(paths["json"], report)  # last: its presence marks the score stage finished
     return paths
-
-
-def compared_models(report: dict) -> list[str]:
-    """The models shown side by side: every model but the training checkpoints (they have their own table)."""
-    checkpoints = {c["model"] for c in report["checkpoints"]} - {"tuned"}
-    return [name for name in report["models"] if name not in checkpoints]
 
 
 def summary_table(report: dict) -> str:
@@ -173,7 +154,6 @@ def markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-MIN_TYPE_ROWS = 30  # a question type with fewer rows is shown but too few to judge (compare's --min-type-rows)
 SHOWN_IDS = 10  # the regressed row ids report.md lists per model
 
 
@@ -199,12 +179,10 @@ def believability(report: dict, models: list[str]) -> list[str]:
             "| model | accuracy | macro-F1 | majority baseline | chance baseline |", "|---|---:|---:|---:|---:|"]
     out += [f"| {name} | {t['accuracy']:.3f} | {t['macro_f1']:.3f} | {types['majority_baseline']:.3f} | "
             f"{types['chance_baseline']:.3f} |" for name, t in types["models"].items()]
-    predicted = {name: t["predicted_distribution"] for name, t in types["models"].items()}
-    labels = list(dict.fromkeys([*types["reference_distribution"], *(k for d in predicted.values() for k in d)]))
     out += ["", "Rows per type: the references' and each model's predictions.", "",
-            "| type | reference | " + " | ".join(predicted) + " |", "|---|---:|" + "---:|" * len(predicted)]
-    out += [f"| {label} | {types['reference_distribution'].get(label, 0)} | " +
-            " | ".join(str(d.get(label, 0)) for d in predicted.values()) + " |" for label in labels]
+            "| type | reference | " + " | ".join(types["models"]) + " |", "|---|---:|" + "---:|" * len(types["models"])]
+    out += [f"| {label} | {reference_rows} | " + " | ".join(str(n) for n in predicted.values()) + " |"
+            for label, reference_rows, predicted in distribution(report)]
     if report["regressions"]:
         threshold = next(iter(report["regressions"].values()))["threshold"]
         out += ["", f"## Rows that changed against {reference}", "",
@@ -242,44 +220,6 @@ def provenance_line(provenance: dict) -> str:
     warnings = ([] if provenance["same_commit"] else ["**the stages ran from different commits**"]) + (
         ["**uncommitted edits**"] if provenance["dirty"] else [])
     return "; ".join([f"commits: {where}", *warnings])
-
-
-def write_png(report: dict, path: Path) -> None:
-    """Training loss, the first featured metric (ROUGE-L) per saved checkpoint (where quality peaked) and per
-    question type and model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (loss_ax, step_ax, type_ax) = plt.subplots(1, 3, figsize=(17, 4.5))
-    curve = report["train"]["loss_curve"] if report["train"] else []
-    loss_ax.plot([s for s, _ in curve], [v for _, v in curve], marker=".")
-    loss_ax.set(title="Training loss", xlabel="step", ylabel="loss")
-    loss_ax.grid(alpha=0.3)
-    plotted = metrics.metric(metrics.FEATURED[0])
-    points = [c for c in report["checkpoints"] if plotted.name in c]
-    step_ax.plot([c["step"] for c in points], [c[plotted.name] for c in points], marker="o", label="checkpoints")
-    step_ax.axhline(report["metrics"]["base"][plotted.name], color="gray", linestyle="--", label="base")
-    step_ax.set(title=f"{plotted.title} by training step" if points else
-                f"{plotted.title} by step (score.checkpoints: off)", xlabel="step", ylabel=plotted.title)
-    step_ax.grid(alpha=0.3)
-    step_ax.legend()
-    models = compared_models(report)
-    labels = list(report["per_type"]["base"])
-    width = 0.8 / len(models)
-    for offset, model in enumerate(models):
-        values = [report["per_type"][model][label][plotted.name] for label in labels]
-        type_ax.bar([p + (offset - (len(models) - 1) / 2) * width for p in range(len(labels))], values, width=width,
-                    label=model)
-    type_ax.set_xticks(list(range(len(labels))), [TYPE_NAMES.get(label, f"type {i + 1}")
-                                                  for i, label in enumerate(labels)], rotation=20, ha="right")
-    type_ax.set(title=f"{plotted.title} by question type", ylabel=plotted.title)
-    type_ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
 
 
 def _one_line(text: str) -> str:

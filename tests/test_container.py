@@ -3,6 +3,7 @@ parsed and linted (hadolint, kubernetes-validate), and the image's /app is rebui
 .dockerignore the way `docker build` assembles it, then the job runs from it read-only, with the image's ENV."""
 
 import ctypes
+import fnmatch
 import json
 import os
 import posixpath
@@ -708,6 +709,10 @@ def test_ci_example_runs_the_job_and_gates_on_the_committed_baseline():
     assert any("entrypoint.py run --config configs/demo.yaml" in s for s in steps)
     (gate,) = [s for s in steps if "entrypoint.py compare" in s]
     assert "--baseline examples/baseline-report.json" in gate
+    (upload,) = [s for job in workflow["jobs"].values() for s in job["steps"] if "upload-artifact" in s.get("uses", "")]
+    uploaded = upload["with"]["path"].split()
+    for page in ("outputs/ci/report.html", "outputs/ci/compare.html"):  # both pages reach the artifact
+        assert any(fnmatch.fnmatch(page, pattern) for pattern in uploaded), page
     baseline = json.loads((ROOT / "examples/baseline-report.json").read_text(encoding="utf-8"))
     validate(baseline, complete=False)  # as the gate reads it: a metric added since it was made is "—" there
     assert baseline["config"]["model"]["source"] == "embedded:gemma-3-270m"

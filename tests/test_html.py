@@ -2,7 +2,8 @@
 headless Chromium (Debian's chromium-headless-shell or chromium, driven by Playwright with the system browser).
 
 The browser tests are skipped, saying why, where no Chromium is installed (`make browser` installs it; CI does).
-REPORT_HTML_SCREENSHOT=docs/report-html.png (what `make docs-screenshot` sets) also writes the README's picture.
+REPORT_HTML_SCREENSHOT=docs/report-html.png (what `make docs-screenshot` sets) also writes the README's picture, from
+the 3.1 report of tests/demo_report.py (any path: the test writes where the variable says).
 """
 
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import demo_report
 from conftest import ROOT
 from eval import metrics
 from eval.compare import Check
@@ -109,36 +111,52 @@ def shown_ids(page) -> list[str]:
 
 @pytest.mark.subprocess  # starts Chromium
 @pytest.mark.timeout(60)
-def test_report_html_in_chromium(browser, demo, tmp_path):
-    report, rows, per_example = demo
+def test_report_html_in_chromium(browser, tmp_path):
+    """A 3.1 report (tests/demo_report.py: base, tuned and an untrained adapter that repeats base): the warning
+    banner, every row, the filters against the report's own regressions block, links to rows; the README's
+    picture when REPORT_HTML_SCREENSHOT names a path."""
+    report, rows, per_example = demo_report.demo()
     path = tmp_path / "report.html"
-    path.write_text(render_html(report, rows, per_example, regression_threshold=THRESHOLD), encoding="utf-8")
+    path.write_text(render_html(report, rows, per_example, min_type_rows=demo_report.MIN_TYPE_ROWS),
+                    encoding="utf-8")
     page, errors = open_page(browser, path)
 
     assert len(shown_ids(page)) == report["rows"] == 60
     assert page.get_attribute("#shown-count", "data-count") == "60"
+    assert page.is_visible("#warnings") and report["warnings"][0]["message"] in page.inner_text("#warnings")
     text = page.inner_text("body")
     assert rows["base"][0]["reference"] in text and "이유와 근거 묻기" in text  # Korean, as written
-    assert page.locator("#type-table tr.few").count() == len(report["per_type"]["base"])  # all < 30 rows
+    assert page.locator("#type-table tr.few").count() == 2  # 9 and 7 rows, under the demo's 10
+    assert page.locator("#type-deltas tr.few").count() == 2 * 2  # the same two types, for tuned and untrained
 
     ids = [r["id"] for r in rows["base"]]
+    for model in ("tuned", "untrained"):
+        page.select_option("#model-filter", model)
+        page.select_option("#bucket-filter", "regressed")
+        page.select_option("#sort", "diff-asc")  # worst first, as the report lists them
+        regressed = report["regressions"][model]["regressed"]
+        assert shown_ids(page) == regressed["ids"] and regressed["count"] >= 1
+        page.select_option("#sort", "row")
+        assert shown_ids(page) == [i for i in ids if i in regressed["ids"]]
+    page.select_option("#model-filter", "tuned")
     differences = np.asarray(per_example["rougeL"]["tuned"]) - np.asarray(per_example["rougeL"]["base"])
-    page.select_option("#bucket-filter", "regressed")
-    assert shown_ids(page) == [i for i, d in zip(ids, differences) if d < -THRESHOLD - 1e-12]
     page.select_option("#bucket-filter", "improved")
     assert shown_ids(page) == [i for i, d in zip(ids, differences) if d > THRESHOLD + 1e-12]
     page.select_option("#bucket-filter", "")
     page.select_option("#sort", "diff-asc")
-    assert shown_ids(page)[0] == ids[int(np.argmin(differences))]
+    assert shown_ids(page)[0] == ids[int(np.argmin(differences))] == demo_report.EMPTIED
     label = split_label(rows["base"][5]["reference"])[0]
     page.select_option("#type-filter", label)
     assert len(shown_ids(page)) == sum(split_label(r["reference"])[0] == label for r in rows["base"])
     page.select_option("#type-filter", "")
     page.check("#differ-filter")
     assert len(shown_ids(page)) == sum(b["prediction"] != t["prediction"] for b, t in zip(rows["base"], rows["tuned"]))
+    page.select_option("#model-filter", "untrained")
+    assert sorted(shown_ids(page)) == sorted(demo_report.UNTRAINED_CHANGED)
     if os.environ.get("REPORT_HTML_SCREENSHOT"):  # the README's picture: the page as it opens
         fresh, _ = open_page(browser, path)
         fresh.screenshot(path=os.environ["REPORT_HTML_SCREENSHOT"])
+        assert Path(os.environ["REPORT_HTML_SCREENSHOT"]).stat().st_size > 10_000
 
     # a link to a row: opened fresh, it scrolls there and highlights it; followed in the page, the same
     linked, _ = open_page(browser, path, "#row-test:40")
@@ -147,6 +165,8 @@ def test_report_html_in_chromium(browser, demo, tmp_path):
     linked.click("#row-test\\:7 h3 a")
     linked.wait_for_selector("#row-test\\:7.highlight", timeout=5000)  # the page reacts to hashchange, an event
     assert linked.eval_on_selector_all("article.highlight", "nodes => nodes.map(n => n.id)") == ["row-test:7"]
+    linked.click(f"#bucket-table a[href='#row-test%3A{demo_report.LOOPED[5:]}']")  # the regressions table links rows
+    linked.wait_for_selector(f"#row-test\\:{demo_report.LOOPED[5:]}.highlight", timeout=5000)
     linked.screenshot(path=tmp_path / "report-row-test-7.png")
     assert (tmp_path / "report-row-test-7.png").stat().st_size > 10_000
     assert errors == []
