@@ -156,9 +156,17 @@ def build_trainer(cfg: Config, args: SFTConfig, model, tokenizer, train_set: Dat
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias, task_type="CAUSAL_LM",
     )
-    return SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                      processing_class=tokenizer, peft_config=lora_config,
-                      callbacks=[ProgressLog(), ReadableCheckpoints()])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                         processing_class=tokenizer, peft_config=lora_config,
+                         callbacks=[ProgressLog(), ReadableCheckpoints()])
+    # PEFT keeps target_modules as a set and saves list(set): an order that follows the process's string hash seed,
+    # so the same training wrote a different adapter_config.json (and generate hash) run to run. Sorted, once the
+    # modules are adapted, for every checkpoint and the adapter.
+    for config in trainer.model.peft_config.values():
+        for name, value in vars(config).items():
+            if isinstance(value, set):
+                setattr(config, name, sorted(value))
+    return trainer
 
 
 def fit(trainer: SFTTrainer, cfg: Config,

@@ -62,7 +62,12 @@ def test_train_writes_adapter_checkpoints_and_summary(trained, tiny_model_dir):
     assert sorted(p.name for p in adapter.iterdir()) == ["README.md", "adapter_config.json",
                                                          "adapter_model.safetensors"]
     assert "[More Information Needed]" not in (adapter / "README.md").read_text()
-    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_dir.name
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == tiny_model_dir.name
+    # in sorted order, not a set's (which follows the process's hash seed): the same files from every run
+    for saved in (adapter, stage_dir / "checkpoints" / "checkpoint-2"):
+        targets = json.loads((saved / "adapter_config.json").read_text())["target_modules"]
+        assert targets == ["k_proj", "o_proj", "q_proj", "v_proj"]
     assert sorted(p.name for p in (stage_dir / "checkpoints").iterdir() if p.is_dir()) == [
         "checkpoint-2", "checkpoint-4"]
     summary = json.loads((stage_dir / "train_summary.json").read_text())
