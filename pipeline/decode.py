@@ -165,9 +165,9 @@ def prefill(model, fast: FastDecode, input_ids, attention_mask, positions) -> tu
 
 def backbone(model, fast: FastDecode, cache: DynamicCache, **inputs) -> torch.Tensor:
     """The model's decoder stack (no LM head) on `inputs`, extending `cache`; its last hidden states."""
-    decoder = model.get_decoder()
-    argument = cache_argument(type(decoder), fast.cache_arguments)
-    return decoder(**inputs, **{argument: cache}, use_cache=True).last_hidden_state
+    stack = model.get_decoder()
+    argument = cache_argument(type(stack), fast.cache_arguments)
+    return stack(**inputs, **{argument: cache}, use_cache=True).last_hidden_state
 
 
 @functools.cache
