@@ -63,7 +63,7 @@ def train_rows(count: int) -> list[dict]:
 def generate_tutorial() -> dict:
     from transformers import pipeline
 
-    from pipeline.prompt import prompt_text
+    from pipeline.prompt import STYLES
 
     cfg, tokenizer, model = setup(tutorial=True)
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
@@ -71,7 +71,7 @@ def generate_tutorial() -> dict:
     started = time.perf_counter()
     for row in rows:
         # add_special_tokens=True: BOS as in training; without it Gemma degrades and outputs could not be compared.
-        result = pipe(prompt_text(row["input"]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+        result = pipe(STYLES["plain"].prompt_text(row["input"]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
                       return_full_text=False, stop_sequence="\n", add_special_tokens=True)
         outputs[row["id"]] = result[0]["generated_text"].split("\n", 1)[0].strip()
     return {"seconds": time.perf_counter() - started, "rows": len(rows), "outputs": outputs}

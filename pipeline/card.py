@@ -24,7 +24,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from eval import metrics
 from eval.report import cell, change
 from pipeline.config import EMBEDDED_GEMMA_270M, Config, ModelConfig
-from pipeline.prompt import PROMPT_TEMPLATE
+from pipeline.prompt import STYLES
 from pipeline.sources import source_kind
 from pipeline.stage import write_text_atomic
 
@@ -181,10 +181,11 @@ def evaluation_section(cfg: Config, report: dict, test_data: str) -> list[str]:
     gen, settings = cfg.generate, report["metric_settings"]
     decoding = ("greedy" if not gen.do_sample else f"sampling (temperature {gen.temperature}, top-p {gen.top_p}, "
                                                    f"seed {gen.seed})")
-    stops = "EOS" + (" and `<end_of_turn>`" if cfg.prompt.format == "chat" else "")
+    style = STYLES[cfg.prompt.format]
+    stops = "EOS" + (" and the chat template's end-of-turn token" if style.chat else "")
     if gen.stop_strings:
         stops += ", and " + ", ".join(json.dumps(s) for s in gen.stop_strings) + " once some text precedes it"
-    prompt = json.dumps(PROMPT_TEMPLATE.format(input="{argument}"), ensure_ascii=False)
+    prompt = json.dumps(style.prompt_text("{argument}"), ensure_ascii=False)
     return ["", "## Evaluation", "",
             f"- Test split: the first {report['rows']} rows of `{test_data}` (sha256 of the rows "
             f"`{report['test_set']['sha256'][:16]}`).",

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import (BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError,
+                      model_validator)
 from pydantic.dataclasses import dataclass
 
 from pipeline.errors import ConfigError
+from pipeline.prompt import STYLES
 
 EMBEDDED_GEMMA_270M = "embedded:gemma-3-270m"
 
@@ -90,8 +92,9 @@ class DataConfig:
 
 @section
 class PromptConfig:
-    # plain: the "### context: ...\n### question:" layout; chat: the same text inside the tokenizer's chat template.
-    format: Literal["plain", "chat"] = "plain"
+    # A prompt style of pipeline/prompt.py (STYLES): plain, the "### context: ...\n### question:" layout; chat, the
+    # same text inside the tokenizer's chat template.
+    format: Literal[tuple(STYLES)] = "plain"
 
 
 @section
@@ -145,8 +148,9 @@ class GenerateConfig:
     temperature: Annotated[Number, Field(gt=0)] = 1.0
     top_p: Annotated[Number, Field(gt=0, le=1)] = 1.0
     seed: NonNegative = 42
-    # A question is one line: stop at the first newline that follows some text.
-    stop_strings: Names = ("\n",)
+    # Where a row ends, once some text precedes it. null: the prompt style's (plain and chat: a newline, a question
+    # is one line), filled in when the config is loaded; [] for none (stop tokens and max_new_tokens only).
+    stop_strings: Optional[Names] = None
     # More adapters to evaluate in the same pass, {name: local dir or Hub id}: the base model is loaded once.
     adapters: dict[StrictStr, StrictStr] = field(default_factory=dict)
 
@@ -201,6 +205,15 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _style_stop_strings(self):
+        """generate.stop_strings left unset: the prompt style's, so that every reader (decoding, hashes, report,
+        card) sees the strings that are in effect."""
+        if self.generate.stop_strings is None:
+            stops = STYLES[self.prompt.format].stop_strings
+            object.__setattr__(self, "generate", dataclasses.replace(self.generate, stop_strings=stops))
+        return self
 
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:

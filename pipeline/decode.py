@@ -2,21 +2,26 @@
 
     decode_batch(model, tokenizer, prompts, decoding) -> [[ids]]      decode_row(tokenizer, ids, decoding) -> record
 
-Greedy decoding (the default) runs our own loop around the model's decoder, not `model.generate`: in a batch,
-generate keeps computing every row until the longest one stops, materializes the full [rows, 262,144] logits (and a
-float32 copy) at every step, and checks stop strings against the whole vocabulary. Here a finished row leaves the
-batch (its KV cache rows are dropped), the argmax is taken over vocabulary chunks without ever holding the full
-logits, and a stop string ends a row as soon as its text contains one. The model's own forward does everything
-else (masks, positions, sliding-window cache), so the outputs are `generate`'s greedy outputs: tested token for
-token, in float32 and bfloat16, with prompts longer than the sliding window and rows crossing it while decoding.
-Measured on the bench's 48 prompts (2 cores): 25 s instead of 35 s, and 0.28 GiB less peak memory.
+Which decoder runs (decoder()): greedy decoding of a model whose family spec has `fast_decode`
+(pipeline/families.py) runs our own loop around the model's decoder; sampling, and any model without such a spec,
+runs transformers' `model.generate`, with the same stop rules and the same prediction rows.
 
-Sampling (generate.do_sample) runs `model.generate` itself: `generate` draws from one random stream for the
-whole batch, which our loop, where rows leave the batch, could not reproduce, so the stock path is the one used.
+The loop, not `model.generate`, because in a batch generate keeps computing every row until the longest one stops,
+materializes the full [rows, 262,144] logits (and a float32 copy) at every step, and checks stop strings against
+the whole vocabulary. Here a finished row leaves the batch (its KV cache rows are dropped), the argmax is taken
+over vocabulary chunks without ever holding the full logits, and a stop string ends a row as soon as its text
+contains one. The model's own forward does everything else (masks, positions, sliding-window cache), so the
+outputs are `generate`'s greedy outputs: tested token for token for every family with a fast spec, in float32 and
+bfloat16, with prompts longer than the sliding window and rows crossing it while decoding. Measured on the bench's
+48 prompts (2 cores): 25 s instead of 35 s, and 0.28 GiB less peak memory.
 
-Stops: a row ends at a stop token (EOS, or <end_of_turn> in chat format), at max_new_tokens, or at a stop string
-that follows some text. A leading newline is not a stop: a row that starts with one still gets its question
-(otherwise 1.7% of the base model's rows became empty predictions and biased the comparison).
+Sampling (generate.do_sample) always runs `model.generate`: `generate` draws from one random stream for the whole
+batch, which our loop, where rows leave the batch, could not reproduce.
+
+Stops: a row ends at a stop token (the prompt style's: EOS, and in chat the template's end-of-turn token), at
+max_new_tokens, or at a stop string that follows some text. A leading newline is not a stop: a row that starts
+with one still gets its question (otherwise 1.7% of the base model's rows became empty predictions and biased the
+comparison).
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, StoppingCriteria
 
-from pipeline import cpu_tuning
+from pipeline import cpu_tuning, families
+from pipeline.families import FastDecode
 
+GENERATE, FAST_LOOP = "model.generate", "greedy loop"  # decoder()'s names, recorded in generate_summary.json
 VOCAB_CHUNK = 32768  # rows of the output layer scored at once: a [batch, 32768] tile instead of [batch, 262144]
 PREFILL_ROWS = 16  # prompts prefilled together: bounds the activations of a long, wide first step
 
@@ -50,9 +57,24 @@ class Decoding:
 def decode_batch(model, tokenizer, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
     """New token ids per prompt, each ending with its stop token, the token that completed a stop string, or at
     max_new_tokens. Prompts are left-padded to a common width (the batch should be length-sorted)."""
-    if decoding.do_sample:
-        return _sample_with_generate(model, tokenizer, prompts, decoding)
-    return _greedy(model, tokenizer, prompts, decoding)
+    fast = fast_decode(model, decoding)
+    if fast is None:
+        return _with_generate(model, tokenizer, prompts, decoding)
+    return _greedy(model, fast, tokenizer, prompts, decoding)
+
+
+def decoder(model, decoding: Decoding) -> str:
+    """Which decoder decode_batch runs for this model and decoding: FAST_LOOP or GENERATE."""
+    return GENERATE if fast_decode(model, decoding) is None else FAST_LOOP
+
+
+def fast_decode(model, decoding: Decoding) -> FastDecode | None:
+    """The greedy loop's spec for this model: its family's, for greedy decoding of a model whose output layer is a
+    plain matrix product (the loop adds no bias); None otherwise."""
+    fast = families.of(model.config).fast_decode
+    if decoding.do_sample or fast is None or getattr(model.get_output_embeddings(), "bias", None) is not None:
+        return None
+    return fast
 
 
 def decode_row(tokenizer, generated: list[int], decoding: Decoding) -> dict:
@@ -89,17 +111,17 @@ def _ends_row(tokenizer, generated: list[int], decoding: Decoding) -> bool:
 
 
 @torch.inference_mode()
-def _greedy(model, tokenizer, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
+def _greedy(model, fast: FastDecode, tokenizer, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
     device = model.device
     input_ids, attention_mask = left_pad(prompts, decoding.pad_id, device)
     positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # as model.generate does
     generated = [[] for _ in prompts]
     active = list(range(len(prompts)))  # the original index of each row still in the batch
-    with cpu_tuning.for_inference(model):
-        cache, hidden = prefill(model, input_ids, attention_mask, positions)
+    with families.of(model.config).inference_tuning(model):
+        cache, hidden = prefill(model, fast, input_ids, attention_mask, positions)
         positions = positions[:, -1:]
         for step in range(decoding.max_new_tokens):
-            tokens = greedy_tokens(model, hidden).tolist()
+            tokens = greedy_tokens(model, hidden, fast.softcap).tolist()
             keep = []
             for row, (index, token) in enumerate(zip(active, tokens)):
                 generated[index].append(token)
@@ -116,19 +138,19 @@ def _greedy(model, tokenizer, prompts: list[list[int]], decoding: Decoding) -> l
                 active = [active[row] for row in keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1)
             positions = positions + 1
-            hidden = backbone(model, cache, input_ids=next_ids, attention_mask=attention_mask,
+            hidden = backbone(model, fast, cache, input_ids=next_ids, attention_mask=attention_mask,
                               position_ids=positions)[:, -1]
     return generated
 
 
-def prefill(model, input_ids, attention_mask, positions) -> tuple[DynamicCache, torch.Tensor]:
+def prefill(model, fast: FastDecode, input_ids, attention_mask, positions) -> tuple[DynamicCache, torch.Tensor]:
     """Runs the prompts through the backbone PREFILL_ROWS at a time (same padded width, so their caches stack
     along the batch) and returns the cache and each row's last hidden state."""
     caches, hidden = [], []
     for start in range(0, input_ids.shape[0], PREFILL_ROWS):
         rows = slice(start, start + PREFILL_ROWS)
         cache = DynamicCache(config=model.config)
-        out = backbone(model, cache, input_ids=input_ids[rows], attention_mask=attention_mask[rows],
+        out = backbone(model, fast, cache, input_ids=input_ids[rows], attention_mask=attention_mask[rows],
                        position_ids=positions[rows])
         caches.append(cache)
         hidden.append(out[:, -1])
@@ -141,26 +163,28 @@ def prefill(model, input_ids, attention_mask, positions) -> tuple[DynamicCache, 
     return merged, torch.cat(hidden)
 
 
-def backbone(model, cache: DynamicCache, **inputs) -> torch.Tensor:
+def backbone(model, fast: FastDecode, cache: DynamicCache, **inputs) -> torch.Tensor:
     """The model's decoder stack (no LM head) on `inputs`, extending `cache`; its last hidden states."""
-    decoder = model.get_decoder()
-    return decoder(**inputs, **{cache_argument(type(decoder)): cache}, use_cache=True).last_hidden_state
+    stack = model.get_decoder()
+    argument = cache_argument(type(stack), fast.cache_arguments)
+    return stack(**inputs, **{argument: cache}, use_cache=True).last_hidden_state
 
 
 @functools.cache
-def cache_argument(decoder_class) -> str:
-    """transformers 5.2x calls the argument `cache`; earlier 5.x releases (the GPU image's 5.17) `past_key_values`.
-    Looked up once per class, not at every step."""
-    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
+def cache_argument(decoder_class, names: tuple[str, ...]) -> str:
+    """The first of `names` the decoder's forward takes; looked up once per class, not at every step."""
+    parameters = inspect.signature(decoder_class.forward).parameters
+    return next((name for name in names if name in parameters), names[-1])
 
 
-def greedy_tokens(model, hidden: torch.Tensor) -> torch.Tensor:
-    """argmax over the vocabulary of the model's logits, one chunk of the output layer at a time."""
+def greedy_tokens(model, hidden: torch.Tensor, softcap: str | None = None) -> torch.Tensor:
+    """argmax over the vocabulary of the model's logits, one chunk of the output layer at a time; `softcap` names
+    the config attribute of the model's final logit soft-capping, if it has one."""
     weight = model.get_output_embeddings().weight
     linear = cpu_tuning.fast_linear(weight)
     best_value = best_index = None
     for start in range(0, weight.shape[0], VOCAB_CHUNK):
-        value, index = softcapped(model, linear(hidden, weight[start:start + VOCAB_CHUNK])).max(dim=-1)
+        value, index = softcapped(model, softcap, linear(hidden, weight[start:start + VOCAB_CHUNK])).max(dim=-1)
         if best_value is None:
             best_value, best_index = value, index
         else:
@@ -170,21 +194,24 @@ def greedy_tokens(model, hidden: torch.Tensor) -> torch.Tensor:
     return best_index
 
 
-def softcapped(model, logits: torch.Tensor) -> torch.Tensor:
-    """The model's final logit soft-capping (Gemma 2 style), as its own forward applies it; None means none."""
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / softcap) * softcap if softcap else logits
+def softcapped(model, softcap: str | None, logits: torch.Tensor) -> torch.Tensor:
+    """The model's final logit soft-capping (Gemma 2 style), as its own forward applies it; a value of None or 0
+    in the config means none."""
+    cap = getattr(model.config, softcap, None) if softcap else None
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 @torch.inference_mode()
-def _sample_with_generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
-    """Sampling through `model.generate` (temperature and top-p only; the model's own top-k default is switched
-    off), from the global torch random stream that the generate stage seeds."""
+def _with_generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
+    """Decoding through `model.generate`: greedy, or sampling (temperature and top-p only; the model's own top-k
+    default is switched off) from the global torch random stream that the generate stage seeds. The model's own
+    generation_config sampling defaults never apply: every setting is passed."""
     input_ids, attention_mask = left_pad(prompts, decoding.pad_id, model.device)
+    sampling = (dict(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p, top_k=0)
+                if decoding.do_sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
     output = model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, do_sample=True, temperature=decoding.temperature,
-        top_p=decoding.top_p, top_k=0, max_new_tokens=decoding.max_new_tokens, eos_token_id=list(decoding.stop_ids),
-        pad_token_id=decoding.pad_id,
+        input_ids=input_ids, attention_mask=attention_mask, **sampling, max_new_tokens=decoding.max_new_tokens,
+        eos_token_id=list(decoding.stop_ids), pad_token_id=decoding.pad_id,
         stopping_criteria=[StopStrings(tokenizer, decoding, input_ids.shape[1])] if decoding.stop_strings else None)
     new_tokens = output[:, input_ids.shape[1]:].tolist()
     return [row[:stop_length(tokenizer, row, decoding)] for row in new_tokens]

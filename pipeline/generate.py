@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 from pipeline import adapters as adapters_module
 from pipeline import data, identity, models, sources
 from pipeline.config import Config
-from pipeline.decode import Decoding, decode_batch, decode_row
+from pipeline.decode import Decoding, decode_batch, decode_row, decoder
 from pipeline.errors import DataError, Interrupted, ResourceError, first_line, is_out_of_memory
-from pipeline.prompt import fit_inputs, generation_prompt_ids
+from pipeline.prompt import STYLES, fit_inputs
 from pipeline.stage import (claim_stage_dir, inputs_hash, peak_memory, process_state, recorded_hash, stop_on_signal,
                             write_json_atomic, write_text_atomic)
 
@@ -78,6 +78,8 @@ def generate(cfg: Config, output_dir: Path) -> Path:
     prompts, truncated = prompt_ids(tokenizer, test, cfg)
     work = Work(rows=test, prompts=prompts, decoding=decoding(tokenizer, cfg), batch_size=cfg.generate.batch_size,
                 max_batch_size=cfg.generate.max_batch_size, seed=cfg.generate.seed)
+    used = decoder(model, work.decoding)  # the loop only for a family whose spec has it (pipeline/families.py)
+    log.info("generate: decoding %s (model type %s) with %s", cfg.model.source, model.config.model_type, used)
     shard_path = predictions_path if state.num_processes == 1 else (
         stage_dir / f"predictions.rank{state.process_index}-of-{state.num_processes}.jsonl")
     done = read_done(stage_dir, shard_path)  # whatever process count wrote them
@@ -109,6 +111,7 @@ def generate(cfg: Config, output_dir: Path) -> Path:
                 "inputs_hash": digest, "rows": len(test), "models": summarize(rows, per_model, names),
                 "processes": state.num_processes, "device": state.device.type,
                 "dtype": str(model.dtype).removeprefix("torch."),
+                "model_type": model.config.model_type, "decoder": used,
                 "prompts_truncated": truncated, "resumed_rows": len(done),
                 "max_new_tokens": cfg.generate.max_new_tokens,
                 "batch_size": next((s["batch_size"] for s in reversed(per_model.values()) if "batch_size" in s), None),
@@ -124,21 +127,19 @@ def generate(cfg: Config, output_dir: Path) -> Path:
 
 def prompt_ids(tokenizer, test: list[dict], cfg: Config) -> tuple[list[list[int]], int]:
     """Each row's prompt ids, exactly as training tokenized its prompts; and how many inputs had to be cut."""
-    fitted, truncated = fit_inputs(tokenizer, [row["input"] for row in test], cfg.prompt.format,
-                                   cfg.generate.max_prompt_tokens, "generate.max_prompt_tokens")
-    return [generation_prompt_ids(tokenizer, text, cfg.prompt.format) for text in fitted], truncated
+    style = STYLES[cfg.prompt.format]
+    fitted, truncated = fit_inputs(tokenizer, [row["input"] for row in test], style, cfg.generate.max_prompt_tokens,
+                                   "generate.max_prompt_tokens")
+    return [style.prompt_ids(tokenizer, text) for text in fitted], truncated
 
 
 def decoding(tokenizer, cfg: Config) -> Decoding:
-    stop_ids = [tokenizer.eos_token_id]
-    if cfg.prompt.format == "chat":  # instruction-tuned Gemma ends its turn with <end_of_turn>, not <eos>
-        end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-        if end_of_turn is not None and end_of_turn != tokenizer.unk_token_id:
-            stop_ids.append(end_of_turn)
+    """How rows are decoded and where they stop: the prompt style's stop tokens, generate.stop_strings (the
+    style's unless set) and the generate settings."""
     gen = cfg.generate
-    return Decoding(max_new_tokens=gen.max_new_tokens, stop_ids=tuple(stop_ids), stop_strings=gen.stop_strings,
-                    pad_id=tokenizer.pad_token_id, do_sample=gen.do_sample, temperature=gen.temperature,
-                    top_p=gen.top_p)
+    return Decoding(max_new_tokens=gen.max_new_tokens, stop_ids=STYLES[cfg.prompt.format].stop_ids(tokenizer),
+                    stop_strings=gen.stop_strings, pad_id=tokenizer.pad_token_id, do_sample=gen.do_sample,
+                    temperature=gen.temperature, top_p=gen.top_p)
 
 
 def run_model(model, tokenizer, name: str, todo: list[int], work: Work, out, received: list[int]) -> dict:

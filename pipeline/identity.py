@@ -5,7 +5,7 @@
     model_identity(cfg.model, source)  -> {"files": {name: sha256}} (a folder) or {"hub": id, "commit": sha}
     adapter_identity(source, cfg.model) -> the sha256 of its config and weights, or its Hub commit
     pinned(source, identity)           -> the Source at the commit its identity recorded (a Hub one)
-    prompt_identity(fmt)               -> the template, the completion's leading space and the stop rules' code
+    prompt_identity(fmt)               -> the prompt style (template, framing, leading space, stops), stop rules' code
     code_identity()                    -> a sha256 over the score stage's metric and report code
     provenance()                       -> the commit (and whether it had edits), packages and hardware of this run
 
@@ -110,17 +110,20 @@ def hub_commit(source: Source, filename: str) -> str:
 
 
 def prompt_identity(fmt: str) -> dict:
-    """What shapes the text a model is given and where its answer is cut: the template and the completion's
-    leading space (pipeline/prompt.py), and the code of the stop rules (pipeline/decode.py), so that editing
-    either regenerates."""
+    """What shapes the text a model is given and where its answer is cut: the prompt style named `fmt`, every
+    field of it (pipeline/prompt.py: name, framing, template, the completion's leading space, stop strings), and
+    the code of the stop rules (pipeline/decode.py), so that editing either regenerates. The stop tokens a style
+    derives from the tokenizer are covered by the model's identity (its tokenizer files)."""
+    import dataclasses
     import inspect
 
-    from pipeline import decode, prompt
+    from pipeline import decode
+    from pipeline.prompt import STYLES
 
     rules = "".join(inspect.getsource(f) for f in (decode.decode_row, decode.stop_index, decode.stop_length,
                                                    decode._ends_row))
-    return {"format": fmt, "template": prompt.PROMPT_TEMPLATE, "completion_prefix": prompt.completion_text(""),
-            "stop_rules": hashlib.sha256(rules.encode("utf-8")).hexdigest()[:16]}
+    style = json.loads(json.dumps(dataclasses.asdict(STYLES[fmt])))  # as stage.json records it: lists, not tuples
+    return {**style, "stop_rules": hashlib.sha256(rules.encode("utf-8")).hexdigest()[:16]}
 
 
 def code_identity() -> str:

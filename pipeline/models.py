@@ -8,11 +8,21 @@ them, so that importing this module costs nothing.
 from __future__ import annotations
 
 import difflib
+import logging
+import warnings
 
 from pipeline import sources
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError, ResourceError, first_line, hub_error, is_out_of_memory
 from pipeline.sources import Source
+
+log = logging.getLogger(__name__)
+# PEFT (wrapping a model to train it, or to load an adapter in generate and export) and TRL read the deprecated
+# `model.is_gradient_checkpointing`; the warning it raises is about their code, not anything a user can change. Set
+# here, where every stage that loads a model passes, so that `generate` alone is as quiet as `run`.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# An unused special token whose name says what it is for, for a tokenizer without a pad token: a dedicated pad first.
+PAD_CANDIDATES = ("pad", "unused", "reserved")
 
 
 def resolve_dtype(cfg: ModelConfig):
@@ -30,7 +40,7 @@ def load_tokenizer(cfg: ModelConfig, source: Source | None = None):
     MB of JSON for Gemma's 262k vocabulary, whose freed objects stay in the process (RSS +150-200 MB for the whole
     run, measured). Loading the file straight into the Rust tokenizer gives the same ids and text (tested against
     AutoTokenizer on every sample row, plain and chat) in a third of the memory. A model without a tokenizer.json
-    (none of Gemma 3's) falls back to AutoTokenizer.
+    (none of Gemma 3's) falls back to AutoTokenizer. A tokenizer without a pad token gets one (set_pad_token).
     """
     from transformers import AutoTokenizer, TokenizersBackend
 
@@ -44,24 +54,55 @@ def load_tokenizer(cfg: ModelConfig, source: Source | None = None):
             tokenizer = TokenizersBackend.from_pretrained(source.location, **options)
         except ValueError:  # "Couldn't instantiate the backend tokenizer": no tokenizer.json
             tokenizer = AutoTokenizer.from_pretrained(source.location, **options)
+    set_pad_token(tokenizer, source)
     cpu_tuning.release_freed_memory()
     return tokenizer
+
+
+def set_pad_token(tokenizer, source: Source) -> None:
+    """A pad token distinct from EOS, for training and generation alike (both load the tokenizer here).
+
+    Padding with EOS (the tutorial's choice) masks EOS wherever padding is masked, and the model never learns to
+    stop. A tokenizer whose pad token is missing or is EOS pads with an unused special token of its own vocabulary
+    (Llama 3's <|finetune_right_pad_id|>, a Qwen2 <|..._pad|>, a <reserved...> or <unused...> one): one the model
+    already has an embedding row for, never seen in text or in the chat template, so nothing is resized. A
+    tokenizer with a pad token of its own (Gemma's <pad>) is left as it is.
+    """
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    used = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id}
+    if getattr(tokenizer, "chat_template", None):
+        turns = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "?"}]
+        used.update(tokenizer(tokenizer.apply_chat_template(turns, tokenize=False), add_special_tokens=False)
+                    ["input_ids"])
+    spare = {index: token.content for index, token in sorted(tokenizer.added_tokens_decoder.items())
+             if token.special and index not in used}
+    for word in PAD_CANDIDATES:
+        chosen = next((index for index, content in spare.items() if word in content.lower()), None)
+        if chosen is not None:
+            tokenizer.pad_token = spare[chosen]
+            log.info("the tokenizer of %s has no pad token apart from EOS: padding with %s (id %d), an unused "
+                     "special token", source, spare[chosen], chosen)
+            return
+    raise ConfigError(f"the tokenizer of {source} has no pad token distinct from EOS and no unused special token "
+                      "(pad, unused, reserved) to pad with; padding with EOS would mask EOS from the loss and the "
+                      "model would never learn to stop")
 
 
 def load_model(cfg: ModelConfig, source: Source | None = None, device=None):
     import torch
     import transformers
 
-    from pipeline import cpu_tuning
+    from pipeline import cpu_tuning, families
 
     source = source or sources.model_source(cfg)
     dtype = resolve_dtype(cfg)
     with _hub_errors(source):
         config = transformers.AutoConfig.from_pretrained(source.location, revision=source.revision, token=source.token)
-        if dtype == torch.float16 and config.model_type.startswith("gemma3"):
-            raise ConfigError(f"model.dtype=float16 is refused for {source} ({config.model_type}): Gemma 3's "
-                              "activations overflow fp16 and the loss turns NaN; use bfloat16 (GPU) or float32 "
-                              "(CPU), or auto")
+        refusal = families.of(config).fp16_refusal
+        if dtype == torch.float16 and refusal:
+            raise ConfigError(f"model.dtype=float16 is refused for {source} ({config.model_type}): {refusal}; use "
+                              "bfloat16 (GPU) or float32 (CPU), or auto")
         model = transformers.AutoModelForCausalLM.from_pretrained(
             source.location, revision=source.revision, token=source.token, dtype=dtype,
             attn_implementation=cfg.attn_implementation, use_safetensors=True,

@@ -6,8 +6,8 @@ Reads top to bottom: setup (everything a user can get wrong is checked before th
 settings, every split the run will use, then the target modules) / train (resumes from the newest checkpoint;
 all processes stop together on a signal) / save (adapter renamed into place, summary last, so its presence means
 the stage finished). The tutorial's defects are designed out here: target modules are checked against the model,
-padding uses the tokenizer's own pad token (EOS is never a pad, so it is never masked), and the loss falls on the
-completion only.
+padding uses a pad token distinct from EOS (pipeline/models.py, set_pad_token: EOS is never masked), and the loss
+falls on the completion only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import logging
 import signal
 import time
-import warnings
 from pathlib import Path
 
 import peft
@@ -27,10 +26,10 @@ import transformers
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from pipeline import card, cpu_tuning, data, identity, models, sources, tracking
+from pipeline import card, data, families, identity, models, sources, tracking
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Interrupted, ResourceError, first_line, is_out_of_memory
-from pipeline.prompt import fit_inputs, training_ids
+from pipeline.prompt import STYLES, fit_inputs
 from pipeline.stage import (atomic_path, check_stage_dir, claim_stage_dir, inputs_hash, normalize_modes, peak_memory,
                             recorded_hash, stop_on_signal, write_json_atomic)
 
@@ -40,9 +39,6 @@ log = logging.getLogger(__name__)
 CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in {f.name for f in
                                                                              dataclasses.fields(SFTConfig)}
                  else "gradient_checkpointing")
-# PEFT and TRL still read the deprecated `model.is_gradient_checkpointing` while setting up; the warning it raises is
-# about their code, not anything a user of this job can change.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def train(cfg: Config, output_dir: Path) -> Path:
@@ -63,10 +59,7 @@ def train(cfg: Config, output_dir: Path) -> Path:
         log.info("train: already finished in %s from the same inputs, skipping", stage_dir)
         return stage_dir
     source = identity.pinned(source, inputs["model"])
-    tokenizer = models.load_tokenizer(cfg.model, source)
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise ConfigError(f"the tokenizer of {cfg.model.source} has no pad token distinct from EOS; padding with "
-                          "EOS would mask EOS from the loss and the model would never learn to stop")
+    tokenizer = models.load_tokenizer(cfg.model, source)  # with a pad token distinct from EOS
     model = models.load_model(cfg.model, source)
     models.check_target_modules(model, cfg.lora.target_modules, cfg.model.source)
     with args.main_process_first(local=False):  # across nodes too: the output dir is shared
@@ -163,9 +156,17 @@ def build_trainer(cfg: Config, args: SFTConfig, model, tokenizer, train_set: Dat
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias, task_type="CAUSAL_LM",
     )
-    return SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                      processing_class=tokenizer, peft_config=lora_config,
-                      callbacks=[ProgressLog(), ReadableCheckpoints()])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                         processing_class=tokenizer, peft_config=lora_config,
+                         callbacks=[ProgressLog(), ReadableCheckpoints()])
+    # PEFT keeps target_modules as a set and saves list(set): an order that follows the process's string hash seed,
+    # so the same training wrote a different adapter_config.json (and generate hash) run to run. Sorted, once the
+    # modules are adapted, for every checkpoint and the adapter.
+    for config in trainer.model.peft_config.values():
+        for name, value in vars(config).items():
+            if isinstance(value, set):
+                setattr(config, name, sorted(value))
+    return trainer
 
 
 def fit(trainer: SFTTrainer, cfg: Config,
@@ -177,7 +178,8 @@ def fit(trainer: SFTTrainer, cfg: Config,
     checkpoint = newest_complete_checkpoint(checkpoints)
     if checkpoint:
         log.info("train: resuming from %s", checkpoint)
-    with cpu_tuning.for_training(trainer.args.device):
+    # The CPU tuning measured on the model's family (pipeline/families.py); the stock Trainer for any other model.
+    with families.of(trainer.model.config).training_tuning(trainer.args.device):
         stop = StopTogetherOnSignal(trainer.accelerator, received)
         trainer.add_callback(stop)
         try:
@@ -216,15 +218,16 @@ def newest_complete_checkpoint(checkpoints: Path) -> str | None:
 
 
 def sft_dataset(rows: list[dict], tokenizer, cfg: Config) -> tuple[Dataset, int]:
-    """Tokenized prompt/completion examples (input_ids + completion_mask) from the one template.
+    """Tokenized prompt/completion examples (input_ids + completion_mask) from the prompt style.
 
     Tokenized here rather than by TRL: the prompt ids are then exactly the generation prompt's, and TRL's own
     preparation would spend a minute dill-hashing the 262k-token tokenizer for the datasets cache fingerprint.
     Prompts over train.max_prompt_tokens are cut from the left of the context.
     """
-    fitted, truncated = fit_inputs(tokenizer, [row["input"] for row in rows], cfg.prompt.format,
-                                   cfg.train.max_prompt_tokens, "train.max_prompt_tokens")
-    examples = [training_ids(tokenizer, text, row["target"], cfg.prompt.format) for text, row in zip(fitted, rows)]
+    style = STYLES[cfg.prompt.format]
+    fitted, truncated = fit_inputs(tokenizer, [row["input"] for row in rows], style, cfg.train.max_prompt_tokens,
+                                   "train.max_prompt_tokens")
+    examples = [style.training_ids(tokenizer, text, row["target"]) for text, row in zip(fitted, rows)]
     return Dataset.from_list(examples), truncated
 
 

@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from pipeline import cpu_tuning, decode
+from pipeline import cpu_tuning, decode, families
 from pipeline.decode import Decoding
 
 
@@ -47,7 +47,7 @@ def hf_generate(model, prompts, max_new_tokens, stop_ids, pad_id, **sampling) ->
     """transformers' generate, each row cut after its first stop token."""
     input_ids, mask = decode.left_pad(prompts, pad_id, "cpu")
     options = sampling or {"do_sample": False, "top_k": None}
-    with torch.inference_mode(), cpu_tuning.for_inference(model):  # the kernels decode_batch uses
+    with torch.inference_mode(), families.of(model.config).inference_tuning(model):  # the kernels decode_batch uses
         output = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                 eos_token_id=stop_ids, pad_token_id=pad_id, **options)
     rows = []

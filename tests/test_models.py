@@ -64,7 +64,7 @@ def test_local_tokenizer_gives_the_same_ids_and_text_as_autotokenizer(embedded_d
     GemmaTokenizer from it. Every sample row, plain and chat, must tokenize and decode the same."""
     import copy
 
-    from pipeline.prompt import generation_prompt_ids, training_ids
+    from pipeline.prompt import STYLES
 
     ours = models.load_tokenizer(ModelConfig(source=str(embedded_dir)))
     reference = copy.deepcopy(gemma_tokenizer)
@@ -74,10 +74,10 @@ def test_local_tokenizer_gives_the_same_ids_and_text_as_autotokenizer(embedded_d
             for line in (ROOT / "data/sample" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
     rows.append({"input": "  tabs\tand\n\nnewlines, émoji 😀 中文 <start_of_turn>", "target": "(다른 관점 생각하기) 왜?"})
     for row in rows:
-        for fmt in ("plain", "chat"):
-            expected = training_ids(reference, row["input"], row["target"], fmt)
-            assert training_ids(ours, row["input"], row["target"], fmt) == expected
-            assert generation_prompt_ids(ours, row["input"], fmt) == generation_prompt_ids(reference, row["input"], fmt)
+        for style in STYLES.values():
+            expected = style.training_ids(reference, row["input"], row["target"])
+            assert style.training_ids(ours, row["input"], row["target"]) == expected
+            assert style.prompt_ids(ours, row["input"]) == style.prompt_ids(reference, row["input"])
             for skip in (False, True):
                 assert (ours.decode(expected["input_ids"], skip_special_tokens=skip)
                         == reference.decode(expected["input_ids"], skip_special_tokens=skip))

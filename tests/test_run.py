@@ -168,3 +168,17 @@ def test_run_on_the_embedded_270m_end_to_end(embedded_dir, tmp_path):
     curve = report["train"]["loss_curve"]
     assert curve[-1][1] < curve[0][1]
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report.png").is_file()
+
+
+@pytest.mark.subprocess
+def test_each_stage_alone_prints_no_warning_a_user_cannot_act_on(tiny_model_dir, data_dir, tmp_path):
+    """train, generate (PEFT loads the adapter there too) and score as separate commands, as a user runs them: no
+    library FutureWarning or UserWarning reaches the log (PEFT's read of the deprecated is_gradient_checkpointing
+    warned in a `generate` run of its own)."""
+    for stage in ("train", "generate", "score"):
+        result = subprocess.run([sys.executable, "entrypoint.py", stage, *run_args(tiny_model_dir, data_dir,
+                                                                                    tmp_path)[1:]],
+                                cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        warned = [line for line in result.stderr.splitlines() if "Warning:" in line]
+        assert warned == [], (stage, warned)

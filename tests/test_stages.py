@@ -1,6 +1,7 @@
 """What reruns: a stage is skipped only when what its outputs depend on is unchanged by content (pipeline/identity.py,
 pipeline/stage.py), and the same content at another path is still up to date."""
 
+import dataclasses
 import json
 import shutil
 
@@ -81,7 +82,8 @@ def test_an_edited_reference_regenerates_and_rescores(tiny_model_dir, evaluated)
 def test_a_new_prompt_template_regenerates(tiny_model_dir, evaluated, monkeypatch):
     data_dir, adapter, out = evaluated
     before = predictions(out)
-    monkeypatch.setattr(prompt, "PROMPT_TEMPLATE", "### argument: {input}\n### question:")
+    monkeypatch.setitem(prompt.STYLES, "plain", dataclasses.replace(prompt.STYLES["plain"],
+                                                                    template="### argument: {input}\n### question:"))
     assert main(job("generate", tiny_model_dir, data_dir, out, adapter)) == 0
     assert predictions(out) != before and (out / "superseded").is_dir()
 

@@ -62,7 +62,12 @@ def test_train_writes_adapter_checkpoints_and_summary(trained, tiny_model_dir):
     assert sorted(p.name for p in adapter.iterdir()) == ["README.md", "adapter_config.json",
                                                          "adapter_model.safetensors"]
     assert "[More Information Needed]" not in (adapter / "README.md").read_text()
-    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_dir.name
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == tiny_model_dir.name
+    # in sorted order, not a set's (which follows the process's hash seed): the same files from every run
+    for saved in (adapter, stage_dir / "checkpoints" / "checkpoint-2"):
+        targets = json.loads((saved / "adapter_config.json").read_text())["target_modules"]
+        assert targets == ["k_proj", "o_proj", "q_proj", "v_proj"]
     assert sorted(p.name for p in (stage_dir / "checkpoints").iterdir() if p.is_dir()) == [
         "checkpoint-2", "checkpoint-4"]
     summary = json.loads((stage_dir / "train_summary.json").read_text())
@@ -123,7 +128,7 @@ def test_validation_loss_is_the_adapters_loss_on_the_validation_completions(trai
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pipeline.prompt import training_ids
+    from pipeline.prompt import STYLES
 
     _, stage_dir, _, _ = trained
     summary = json.loads((stage_dir / "train_summary.json").read_text())
@@ -132,7 +137,7 @@ def test_validation_loss_is_the_adapters_loss_on_the_validation_completions(trai
     total, count = 0.0, 0
     for line in (tiny_data / "validation.jsonl").read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        example = training_ids(gemma_tokenizer, row["input"], row["target"], "plain")
+        example = STYLES["plain"].training_ids(gemma_tokenizer, row["input"], row["target"])
         ids, mask = torch.tensor([example["input_ids"]]), torch.tensor(example["completion_mask"])
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, :-1]
@@ -194,7 +199,7 @@ def test_the_saved_adapter_has_learned_to_end_a_training_row_with_eos(learnable_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pipeline.prompt import training_ids
+    from pipeline.prompt import STYLES
 
     rows = korean_rows(2)
     for split in ("train", "validation", "test"):
@@ -202,7 +207,7 @@ def test_the_saved_adapter_has_learned_to_end_a_training_row_with_eos(learnable_
     cfg = tiny_config(learnable_model_dir, tmp_path / "data", tmp_path, max_steps=60, learning_rate=2e-2,
                       per_device_train_batch_size=2, save_steps=1000)
     stage_dir = train_module.train(cfg, tmp_path)
-    example = training_ids(gemma_tokenizer, rows[0]["input"], rows[0]["target"], "plain")
+    example = STYLES["plain"].training_ids(gemma_tokenizer, rows[0]["input"], rows[0]["target"])
     ids, prompt_length = torch.tensor([example["input_ids"]]), example["completion_mask"].count(0)
     completion = example["input_ids"][prompt_length:]
     predicted = {}
