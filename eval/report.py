@@ -14,8 +14,7 @@ import jsonschema
 from eval import metrics
 from eval.html import render_html
 from eval.report_png import write_png
-from eval.report_view import (MIN_TYPE_ROWS, MISSING, TYPE_NAMES, cell, change, compared_models,  # noqa: F401
-                              distribution)  # (re-exported)
+from eval.report_view import MIN_TYPE_ROWS, MISSING, cell, change, compared_models, distribution
 from pipeline.stage import write_json_atomic, write_text_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")

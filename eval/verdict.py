@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from eval import metrics
 from eval.html import render_compare_html
-from eval.report import cell, change
+from eval.report_view import cell, change
 
 LISTED_ROWS = 10  # the worst regressed rows the text and Markdown summaries list (compare.html: all kept)
 

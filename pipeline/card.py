@@ -22,7 +22,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from eval import metrics
-from eval.report import cell, change
+from eval.report_view import cell, change
 from pipeline.config import EMBEDDED_GEMMA_270M, Config, ModelConfig
 from pipeline.prompt import STYLES
 from pipeline.sources import source_kind
@@ -237,13 +237,15 @@ def merged_section(merged: dict) -> list[str]:
 
 def usage_section(cfg: Config, base: str | None, merged: dict | None) -> list[str]:
     base_id = base or "BASE_MODEL"
-    gen, chat = cfg.generate, cfg.prompt.format == "chat"
+    gen, style = cfg.generate, STYLES[cfg.prompt.format]
+    chat, (before, after) = style.chat, style.template.split("{input}")
     out = ["", "## How to use", ""]
     if not base:
         out += [f"`BASE_MODEL` is the local base model this was trained on (a folder named "
                 f"`{adapter_base_name(cfg.model)}`).", ""]
     model = "MERGED" if merged else "ADAPTER"
-    prompt = "`### context: {argument}\\n### question:`" + (" as the user turn of the chat template" if chat else "")
+    prompt = f"`{style.prompt_text('{argument}')}`".replace("\n", "\\n") + (" as the user turn of the chat template"
+                                                                             if chat else "")
     out += [f"`{model}` is this folder, or the Hub repository it was uploaded to. The prompt is {prompt}; the "
             "answer is the first line of what follows.", "",
             "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer"]
@@ -255,7 +257,7 @@ def usage_section(cfg: Config, base: str | None, merged: dict | None) -> list[st
                 f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base_id}"), "{model}")',
                 f'tokenizer = AutoTokenizer.from_pretrained("{base_id}")']
     out += ['argument = "..."  # the argument to ask about']
-    text = '"### context: " + argument + "\\n### question:"'
+    text = f"{json.dumps(before, ensure_ascii=False)} + argument + {json.dumps(after, ensure_ascii=False)}"
     if chat:
         out += [f'ids = tokenizer.apply_chat_template([{{"role": "user", "content": {text}}}], '
                 'add_generation_prompt=True, return_tensors="pt", return_dict=True)']
@@ -270,8 +272,9 @@ def usage_section(cfg: Config, base: str | None, merged: dict | None) -> list[st
     else:
         rank = f" --max-lora-rank {cfg.lora.r}" if cfg.lora.r > 16 else ""  # vLLM's default is 16
         out += [f"vllm serve {base_id} --enable-lora{rank} --lora-modules socratic={model}"]
-    endpoint, payload = ("chat/completions", '"messages": [{"role": "user", "content": "### context: ...\\n### '
-                         'question:"}]') if chat else ("completions", '"prompt": "### context: ...\\n### question:"')
+    example = json.dumps(style.prompt_text("..."), ensure_ascii=False)
+    endpoint, payload = (("chat/completions", f'"messages": [{{"role": "user", "content": {example}}}]') if chat
+                         else ("completions", f'"prompt": {example}'))
     out += [f"curl localhost:8000/v1/{endpoint} -H 'Content-Type: application/json' -d '{{\"model\": \"{served}\", "
             f"{payload}, \"max_tokens\": {gen.max_new_tokens}, \"temperature\": 0, \"stop\": [\"\\n\"]}}'", "```",
             "", "vLLM's stop ends a row at any newline; the evaluation's only once some text precedes it."]
