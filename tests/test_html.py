@@ -69,8 +69,11 @@ def test_report_page_holds_every_row_and_no_output_can_end_its_script(demo):
     assert [r["id"] for r in data["rows"]] == [r["id"] for r in rows["base"]]
     assert data["rows"][3]["outputs"]["tuned"] == hostile
     assert data["rows"][0]["scores"]["tuned"]["rougeL"] == pytest.approx(per_example["rougeL"]["tuned"][0])
-    assert page.count("too few rows to judge (&lt; 10)") == sum(
-        1 for t in report["per_type"]["base"].values() if t["rows"] < 10)
+    # marked in the per-type table (one row per type) and in the per-type change table (one row per model and type)
+    small = [t for t in report["per_type"]["base"].values() if t["rows"] < 10]
+    small_changes = [t for types in report["per_type_deltas"].values() for t in types.values() if t["rows"] < 10]
+    assert small and small_changes
+    assert page.count("too few rows to judge (&lt; 10)") == len(small) + len(small_changes)
     assert '<meta charset="utf-8">' in page and "http://" not in page and "https://" not in page
 
 
