@@ -1,7 +1,7 @@
 """A report.json of schema 3.1 made here for the renderers' tests (report.html, report.png), with its prediction rows
 and per-example scores, so that a test of a 3.1 page needs no score stage.
 
-It starts from the committed demo (examples/baseline-report.json, 3.0, and the 60 rows it scored) and changes it
+It starts from the committed demo (examples/baseline-report.json and the 60 rows it scored) and changes it
 by hand so that every 3.1 block has something to show:
 - tuned regresses on two rows: one output emptied (EMPTIED), one turned into a repetition loop (LOOPED);
 - a third model, "untrained" (an adapter saved before its first step: LoRA's B starts at zero, so it generates
