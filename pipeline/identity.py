@@ -128,9 +128,10 @@ def prompt_identity(fmt: str) -> dict:
 
 def code_identity() -> str:
     """A sha256 over the code that turns predictions into a report: the metrics, report and score modules, the
-    report schema and the text normalization they share."""
+    report schema, report.html's template and the text normalization they share."""
     digest = hashlib.sha256()
-    for path in sorted([*(ROOT / "eval").glob("*.py"), *(ROOT / "eval").glob("*.json"), ROOT / "pipeline" / "text.py"]):
+    eval_files = [path for pattern in ("*.py", "*.json", "*.html") for path in (ROOT / "eval").glob(pattern)]
+    for path in sorted([*eval_files, ROOT / "pipeline" / "text.py"]):
         digest.update(path.name.encode("utf-8") + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 

@@ -186,6 +186,20 @@ def test_changed_metric_code_rescores(tmp_path, monkeypatch):
     assert read(score(config_for(out, korean_rows(N)), out))["inputs_hash"] != before
 
 
+def test_the_report_template_is_part_of_the_scoring_code(tmp_path, monkeypatch):
+    """report.html is an output of score: editing its template must not leave a finished score stage "up to date"."""
+    import shutil
+
+    shutil.copytree(identity.ROOT / "eval", tmp_path / "eval")
+    (tmp_path / "pipeline").mkdir()
+    shutil.copy(identity.ROOT / "pipeline" / "text.py", tmp_path / "pipeline")
+    monkeypatch.setattr(identity, "ROOT", tmp_path)
+    before = identity.code_identity()
+    template = tmp_path / "eval" / "report_template.html"
+    template.write_text(template.read_text(encoding="utf-8") + "<!-- edited -->", encoding="utf-8")
+    assert identity.code_identity() != before
+
+
 def test_git_commit_comes_from_the_environment_without_a_checkout(tmp_path, monkeypatch):
     """In the container there is no .git: the commit is $GIT_COMMIT."""
     import subprocess
