@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval import metrics
-from eval.html import NO_LABEL, regression_buckets
+from eval.html import regression_buckets
 from eval.score import read_predictions
 from pipeline.errors import DataError
 from pipeline.identity import file_sha256
-from pipeline.text import split_label
 
 DIFFERENCE_METRIC = "rougeL"  # the per-row change that sorts rows into regressed / improved / unchanged
 
@@ -49,10 +48,7 @@ class PairedRows:
 
     def types(self) -> dict[str, list[int]]:
         """Row indices by the reference's "(type)" label (NO_LABEL without one), the largest type first."""
-        groups: dict[str, list[int]] = {}
-        for index, reference in enumerate(self.references):
-            groups.setdefault(split_label(reference)[0] or NO_LABEL, []).append(index)
-        return dict(sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])))
+        return metrics.type_groups(self.references)
 
     def values(self, names: list[str], rows: list[int] | None = None) -> tuple[dict, dict]:
         """Each side's metrics `names` over `rows` (default: all rows)."""

@@ -10,8 +10,9 @@ A block a report lacks (a 3.0 report has no "sanity", "warnings", "types", "regr
 
 from __future__ import annotations
 
+from eval.metrics import NO_LABEL
+
 MISSING = "—"  # in a table: a metric the report lacks (made by another version, or not enabled there)
-NO_LABEL = "(no label)"  # a text without a "(type)" prefix
 # compare's --min-type-rows default: a question type with fewer rows is shown, marked "too few rows to judge".
 MIN_TYPE_ROWS = 30
 # English names for the plot (matplotlib's default font has no Hangul); unknown labels become "type N".
