@@ -74,14 +74,14 @@ def train(cfg: Config, output_dir: Path) -> Path:
 
     with stop_on_signal() as received:
         # --- train ---------------------------------------------------------------------------------------------
-        result, resumed_from, eval_loss = fit(trainer, cfg, received)
+        result, resumed, eval_loss = fit(trainer, cfg, received)
         # --- save (the main process; the others wait so that no one reads a half-written stage) --------------
         if trainer.is_world_process_zero():
             save(trainer, tokenizer, cfg, stage_dir, {
                 "inputs_hash": digest, "model_source": cfg.model.source, **adapted,
                 "train_rows": len(train_set), "validation_rows": len(eval_set), "train_prompts_truncated": truncated,
-                "inputs_shared_between_splits": overlap, "resumed_from": resumed_from,
-                **describe_run(trainer, result, resumed_from), "validation_loss": round(eval_loss, 6),
+                "inputs_shared_between_splits": overlap, "resumed_from": resumed.path if resumed else None,
+                **describe_run(trainer, result, resumed), "validation_loss": round(eval_loss, 6),
                 "wall_seconds": round(time.perf_counter() - started, 1), "trackers": runs})
         trainer.accelerator.wait_for_everyone()
     if received:  # it came after the last step (evaluating, saving): the stage is done, the run stops here
@@ -170,14 +170,16 @@ def build_trainer(cfg: Config, args: SFTConfig, model, tokenizer, train_set: Dat
 
 
 def fit(trainer: SFTTrainer, cfg: Config,
-        received: list[int]) -> tuple[transformers.trainer_utils.TrainOutput, str | None, float]:
-    """Trains from the newest checkpoint (if any) and evaluates; returns the result, the checkpoint resumed from
+        received: list[int]) -> tuple[transformers.trainer_utils.TrainOutput, Resumed | None, float]:
+    """Trains from the newest checkpoint (if any) and evaluates; returns the result, what the run resumed from
     and the validation loss. When a signal has been `received` (pipeline.stage.stop_on_signal), every process
     finishes the same step and one checkpoint is saved before Interrupted is raised (exit 143/130)."""
     checkpoints = Path(trainer.args.output_dir)
     checkpoint = newest_complete_checkpoint(checkpoints)
+    # Read now: save_total_limit may delete the resumed checkpoint while training, so nothing reads its files after.
+    resumed = Resumed.read(checkpoint) if checkpoint else None
     if checkpoint:
-        log.info("train: resuming from %s", checkpoint)
+        log.info("train: resuming from %s (step %d)", checkpoint, resumed.step)
     # The CPU tuning measured on the model's family (pipeline/families.py); the stock Trainer for any other model.
     with families.of(trainer.model.config).training_tuning(trainer.args.device):
         stop = StopTogetherOnSignal(trainer.accelerator, received)
@@ -203,7 +205,21 @@ def fit(trainer: SFTTrainer, cfg: Config,
                               f"train interrupted at step {stop.stopped_at}; checkpoint saved in {checkpoints}: "
                               "rerun the same command to resume")
         eval_loss = trainer.evaluate()["eval_loss"]
-    return result, checkpoint, eval_loss
+    return result, resumed, eval_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+    """What describe_run needs of the checkpoint a run resumed from, read before training (the Trainer's rotation
+    can delete that checkpoint before the run ends)."""
+    path: str
+    step: int
+    tokens_seen: int
+
+    @classmethod
+    def read(cls, checkpoint: str) -> Resumed:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+        return cls(checkpoint, state.get("global_step", 0), state.get("num_input_tokens_seen", 0))
 
 
 def newest_complete_checkpoint(checkpoints: Path) -> str | None:
@@ -244,14 +260,12 @@ def describe_model(trainer: SFTTrainer) -> dict:
             "adapted_layers": sum(isinstance(m, peft.tuners.lora.LoraLayer) for m in model.modules())}
 
 
-def describe_run(trainer: SFTTrainer, result, resumed_from: str | None) -> dict:
+def describe_run(trainer: SFTTrainer, result, resumed: Resumed | None) -> dict:
     """Steps, the loss curve and this session's rates: examples/s from the Trainer's own metric (it counts only
     the steps run in this call), tokens/s from its token count minus what the checkpoint resumed from had seen."""
     history = trainer.state.log_history
     losses = [[h["step"], round(h["loss"], 6)] for h in history if "loss" in h]
-    resumed_tokens = (json.loads((Path(resumed_from) / "trainer_state.json").read_text(encoding="utf-8"))
-                      .get("num_input_tokens_seen", 0) if resumed_from else 0)
-    session_tokens = trainer.state.num_input_tokens_seen - resumed_tokens
+    session_tokens = trainer.state.num_input_tokens_seen - (resumed.tokens_seen if resumed else 0)
     runtime = result.metrics["train_runtime"]
     return {"steps": trainer.state.global_step, "per_device_train_batch_size": trainer.state.train_batch_size,
             "loss_curve": losses, "first_loss": losses[0][1] if losses else None,
