@@ -40,7 +40,8 @@ from pathlib import Path
 import jsonschema
 
 from eval import metrics
-from eval.paired import pair, predictions_of
+from eval.paired import pair
+from eval.predictions import predictions_of
 from eval.report import SCHEMA_VERSION, schema
 from eval.verdict import Check, TypeCheck, Verdict
 from pipeline.errors import ConfigError, DataError

@@ -6,7 +6,6 @@ report opens from file:// and works as a CI artifact.
                                                         types, per-type tables and deltas, example browser
     render_compare_html(comparison)                  -> compare.html: the reports' warnings, the gate's checks and
                                                         the worst regressed rows
-    regression_buckets(ref_values, model_values, threshold, ids) -> rows regressed / improved / unchanged
 
 The sections made from schema 3.1's blocks are eval/html_sections.py's; a report without a block (3.0) is shown
 without its section. This module imports nothing of eval.report, which writes report.html through it.
@@ -29,35 +28,16 @@ from urllib.parse import quote
 from eval.html_sections import (bucket_table, esc, facts, finite, sanity_table, section, semantic_fact,
                                 type_delta_table, types_tables, value_text, warnings_banner)
 from eval.report_view import MIN_TYPE_ROWS, NO_LABEL, compared_models
+from eval.stats import regression_buckets
 from pipeline.text import split_label
 
 TEMPLATE_PATH = Path(__file__).with_name("report_template.html")
-FLOAT_NOISE = 1e-12  # 0.55 - 0.5 is 0.05000000000000004: a difference of exactly the threshold stays unchanged
-
-
-def regression_buckets(ref_values: Sequence[float], model_values: Sequence[float], threshold: float,
-                       ids: Sequence[str]) -> dict:
-    """Rows by the per-example difference model - reference: regressed below -threshold, improved above +threshold,
-    unchanged otherwise (a difference of exactly the threshold, float noise aside, is unchanged). Counts and row ids:
-    regressed worst first, improved best first, unchanged in row order; ties keep row order."""
-    if not (len(ref_values) == len(model_values) == len(ids)):
-        raise ValueError(f"{len(ref_values)} reference values, {len(model_values)} model values, {len(ids)} ids")
-    if not threshold >= 0:
-        raise ValueError(f"threshold must be >= 0, not {threshold}")
-    differences = [float(m) - float(r) for r, m in zip(ref_values, model_values)]
-    limit = threshold + FLOAT_NOISE
-    order = sorted(range(len(ids)), key=lambda i: differences[i])
-    regressed = [ids[i] for i in order if differences[i] < -limit]
-    improved = [ids[i] for i in sorted(range(len(ids)), key=lambda i: -differences[i]) if differences[i] > limit]
-    unchanged = [ids[i] for i in range(len(ids)) if -limit <= differences[i] <= limit]
-    return {"threshold": threshold, **{name: {"count": len(bucket), "ids": bucket} for name, bucket in
-                                        (("regressed", regressed), ("improved", improved), ("unchanged", unchanged))}}
 
 
 def render_html(report: dict, rows: dict[str, list[dict]], per_example: dict[str, dict[str, Sequence[float]]], *,
                 diff_metric: str | None = None, regression_threshold: float | None = None,
                 min_type_rows: int = MIN_TYPE_ROWS) -> str:
-    """report.html for a report.json (`report`), its prediction rows per model (as eval.score.read_predictions
+    """report.html for a report.json (`report`), its prediction rows per model (as eval.predictions.read_predictions
     gives them: id, input, reference, prediction; aligned across models) and per-example scores
     {metric: {model: one value per row}}; rows regress by `diff_metric` beyond `regression_threshold` (default:
     those of the report's regressions block, else rougeL and 0.05), and question types with fewer than

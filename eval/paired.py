@@ -3,7 +3,7 @@
     rows = pair(baseline_predictions, candidate_predictions, "tuned", ["rougeL", "bleu"], tokenize="ko-mecab")
     rows.intervals(["rougeL"], samples, seed)                 # candidate minus baseline, 95% paired bootstrap
     rows.by_type(["rougeL"], [], samples, seed)              # per question type: both values and that interval
-    rows.regressions(0.05)                                    # eval.html.regression_buckets of per-row ROUGE-L
+    rows.regressions(0.05)                                    # eval.stats.regression_buckets of per-row ROUGE-L
 
 Each side is scored once per row (eval.metrics.ExampleScores); a question type's numbers reduce its rows' values,
 exactly as the score stage's per-type table does, so a metric that looks at every row (the labels the references
@@ -15,24 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval import metrics
-from eval.html import regression_buckets
-from eval.score import read_predictions
+from eval import metrics, stats
+from eval.predictions import read_predictions
 from pipeline.errors import DataError
-from pipeline.identity import file_sha256
 
 DIFFERENCE_METRIC = "rougeL"  # the per-row change that sorts rows into regressed / improved / unchanged
-
-
-def predictions_of(report: dict, report_path: Path, given: Path | None) -> Path | None:
-    """The report's predictions.jsonl: `given`, or where the report says (relative to the report), if its hash
-    still matches; None when it is not there."""
-    path = Path(given) if given else Path(report_path).parent / report["predictions"]["path"]
-    if not path.is_file():
-        return None
-    if file_sha256(path) != report["predictions"]["sha256"]:
-        raise DataError(f"{path} is not the predictions file {report_path} was scored from (its sha256 differs)")
-    return path
 
 
 @dataclass
@@ -57,7 +44,7 @@ class PairedRows:
 
     def intervals(self, names: list[str], samples: int, seed: int, rows: list[int] | None = None) -> dict:
         """Candidate minus baseline per metric, with its 95% paired-bootstrap interval, over `rows` (default: all)."""
-        return metrics.paired_bootstrap(*self.scores, names, samples, seed, rows=rows) if names else {}
+        return stats.paired_bootstrap(*self.scores, names, samples, seed, rows=rows) if names else {}
 
     def by_type(self, names: list[str], unpairable: list[str], samples: int, seed: int) -> list[tuple[str, int, dict]]:
         """Per question type: (label, rows, {metric: (baseline, candidate, 95% interval of the change)}), the
@@ -74,7 +61,7 @@ class PairedRows:
     def regressions(self, threshold: float) -> dict:
         """The rows whose per-row ROUGE-L fell (rose) by more than `threshold`, worst (best) first."""
         before, after = (scores.values[DIFFERENCE_METRIC] for scores in self.scores)
-        return {"metric": DIFFERENCE_METRIC, **regression_buckets(before, after, threshold, self.ids)}
+        return {"metric": DIFFERENCE_METRIC, **stats.regression_buckets(before, after, threshold, self.ids)}
 
     def shown(self, ids: list[str]) -> dict[str, dict]:
         """Rows `ids` as compare.html and the summary show them: input, reference, both outputs and scores."""

@@ -18,8 +18,7 @@ from collections import Counter
 
 import numpy as np
 
-from eval import metrics
-from eval.html import regression_buckets
+from eval import metrics, stats
 from pipeline.text import normalize
 
 # A warning when at least this share of a model's outputs is one text repeated over different inputs: the model
@@ -97,8 +96,8 @@ def types(predictions: dict[str, list[str]], references: list[str]) -> dict:
 def regressions(per_example: dict[str, np.ndarray], ids: list[str], reference_model: str, threshold: float,
                 metric: str = "rougeL") -> dict[str, dict]:
     """Per model but the reference: its rows by the change of `metric` (per example) against the reference model's
-    beyond +-threshold (eval.html.regression_buckets: regressed worst first, improved best first)."""
-    return {model: {"metric": metric, **regression_buckets(per_example[reference_model], values, threshold, ids)}
+    beyond +-threshold (eval.stats.regression_buckets: regressed worst first, improved best first)."""
+    return {model: {"metric": metric, **stats.regression_buckets(per_example[reference_model], values, threshold, ids)}
             for model, values in per_example.items() if model != reference_model}
 
 
@@ -110,7 +109,7 @@ def per_type_deltas(scores: dict[str, metrics.ExampleScores], reference_model: s
     reference = scores[reference_model]
     names = [name for name, m in reference.computed.items() if m.delta and m.per_type]
     groups = metrics.type_groups(reference.references)
-    return {model: {label: {"rows": len(rows), **metrics.paired_bootstrap(reference, model_scores, names, samples,
+    return {model: {label: {"rows": len(rows), **stats.paired_bootstrap(reference, model_scores, names, samples,
                                                                           seed, rows=rows)}
                     for label, rows in groups.items()}
             for model, model_scores in scores.items() if model != reference_model}

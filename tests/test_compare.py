@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, korean_rows
 from entrypoint import main
 from eval import compare as compare_module
-from eval import metrics
+from eval import metrics, stats
 from test_report import scored_run
 
 # 100 test rows over five question types of very different sizes (as the real split's range from 35% to < 1%).
@@ -106,7 +106,7 @@ def test_the_interval_of_a_type_resamples_its_rows_alone(reports, capsys, rule):
     a, b = (metrics.ExampleScores([tuned(i, ROWS[i]["target"]) for i in rows], references)
             for tuned in (baseline_tuned, candidate_one_type))
     settings = json.loads(reports["one_type"].read_text(encoding="utf-8"))["config"]["score"]
-    alone = metrics.paired_bootstrap(a, b, ["rougeL"], settings["bootstrap_samples"], settings["seed"])["rougeL"]
+    alone = stats.paired_bootstrap(a, b, ["rougeL"], settings["bootstrap_samples"], settings["seed"])["rougeL"]
     assert alone["ci95_high"] < 0 and f"[{alone['ci95_low']:+.4f}, {alone['ci95_high']:+.4f}]" in line
     assert line.endswith("REGRESSED")
 

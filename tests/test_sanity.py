@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, character_embedder, korean_rows
 from entrypoint import main
-from eval import metrics, sanity, semantic
+from eval import metrics, sanity, semantic, stats
 from eval import report as report_module
 from eval.compare import ADDED_IN_3_1
 from eval.report import markdown, summary_table
@@ -77,7 +77,7 @@ def test_per_type_deltas_resample_each_types_rows():
     deltas = sanity.per_type_deltas({"base": base, "tuned": tuned}, "base", samples=200, seed=1)
     assert set(deltas) == {"tuned"} and list(deltas["tuned"]) == ["A", "B"]
     assert deltas["tuned"]["A"]["rows"] == 6 and deltas["tuned"]["B"]["rows"] == 2
-    alone = metrics.paired_bootstrap(metrics.ExampleScores(["다른 말?"] * 6, references[:6]),
+    alone = stats.paired_bootstrap(metrics.ExampleScores(["다른 말?"] * 6, references[:6]),
                                      metrics.ExampleScores(references[:6], references[:6]), ["rougeL"], 200, 1)
     assert deltas["tuned"]["A"]["rougeL"] == alone["rougeL"]
     assert deltas["tuned"]["B"]["rougeL"]["delta"] == 0.0
