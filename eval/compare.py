@@ -20,10 +20,15 @@ candidate-minus-baseline difference gets a 95% paired-bootstrap interval. What a
   strictest; on a small test set it needs a wide limit.
 The interval is shown with every rule; significant and non-inferior need it (exit 2 without predictions). With
 --require-improvement the candidate model must also beat its own base model with a one-sided bootstrap
-p < 0.05 on each named metric.
+p < 0.05 (GateSpec.alpha) on each named metric.
+
+With the rows paired, every limit is shown next to its sensitivity (eval/stats.py): the standard error of the
+change and the smallest drop these rows catch at 80% power (one-sided alpha 0.05, 2.487 standard errors). A limit
+below it gets a warning naming the rows it would need; the verdict does not change, except with --require-power,
+where such a limit is a misconfiguration (exit 2, naming the metric).
 
 --max-drop-per-type gates each question type (the reference's "(type)" label) with at least --min-type-rows rows
-the same way, on that type's rows alone (its interval resamples only them): an average can hide a type that got
+the same way, on that type's rows alone (its interval and sensitivity resample only them): an average can hide a type that got
 worse. Smaller types are shown as "too few rows to judge" and not gated. The candidate report's warnings about the
 model (eval/sanity.py: outputs identical to the reference model's, collapsed to one text) are shown; with
 --fail-on-warnings they fail the gate (exit 1); a 3.0 report has none. With the predictions paired, the verdict
@@ -34,20 +39,20 @@ also sorts the rows by their ROUGE-L change into regressed / improved / unchange
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
 
 from eval import metrics
-from eval.paired import pair
+from eval.paired import PairedRows, pair
 from eval.predictions import predictions_of
 from eval.report import SCHEMA_VERSION, schema
+from eval.stats import Sensitivity
+from eval.gate_spec import GateSpec
 from eval.verdict import Check, TypeCheck, Verdict
 from pipeline.errors import ConfigError, DataError
 
-RULES = ("point", "significant", "non-inferior")
-P_THRESHOLD = 0.05
 # The report versions this gate reads. 3.1 added metrics and blocks (below) and changed none of 3.0's, so a 3.0
 # report compares with a 3.1 one on the metrics both have; what a 3.0 report lacks is "—", and exit 2 if gated.
 READABLE_VERSIONS = ("3.0", "3.1")
@@ -86,53 +91,28 @@ def reader_schema(version: str) -> dict:
     return result
 
 
-def parse_max_drop(text: str, option: str = "--max-drop") -> dict[str, float]:
-    allowed = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = item.partition("=")
-        try:
-            limit = float(value)
-        except ValueError:
-            raise ConfigError(f"{option}: {item!r} is not metric=number") from None
-        if not sep or not math.isfinite(limit) or limit < 0:
-            raise ConfigError(f"{option}: {item!r} is not metric=non-negative finite number")
-        allowed[name.strip()] = limit
-    if not allowed:
-        raise ConfigError(f"{option} names no metric")
-    return allowed
-
-
-def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float], *, model: str = "tuned",
-            rule: str = "point", require_improvement: bool = False, unpaired: bool = False,
-            baseline_predictions: Path | None = None, allow_different_data: bool = False,
-            max_drop_per_type: dict[str, float] | None = None, min_type_rows: int = 30,
-            regression_threshold: float = 0.05, fail_on_warnings: bool = False) -> Verdict:
-    per_type = max_drop_per_type or {}
-    if not max_drop and not per_type:
-        raise ConfigError("nothing to gate: name metrics in --max-drop or --max-drop-per-type")
-    if rule not in RULES:
-        raise ConfigError(f"--rule: {rule!r} is not one of {', '.join(RULES)}")
-    if not (math.isfinite(regression_threshold) and regression_threshold >= 0):
-        raise ConfigError(f"--regression-threshold: {regression_threshold} is not a non-negative finite number")
-    if min_type_rows < 1:
-        raise ConfigError(f"--min-type-rows: {min_type_rows} is not a positive number of rows")
+def compare(baseline_path: Path, candidate_path: Path, spec: GateSpec) -> Verdict:
+    """The gate's verdict on the candidate report against the baseline report under `spec` (ConfigError, exit 2,
+    when they cannot be compared as asked)."""
+    model, rule = spec.model, spec.rule
     baseline, candidate = load_report(baseline_path), load_report(candidate_path)
     differences = different_settings(baseline, candidate)
-    if differences and not allow_different_data:
+    if differences and not spec.allow_different_data:
         raise ConfigError(f"the reports are not comparable: {'; '.join(differences)} (pass --allow-different-data "
                           "to compare them anyway)")
-    verdict = Verdict(model=model, min_type_rows=min_type_rows, reports={
+    verdict = Verdict(model=model, min_type_rows=spec.min_type_rows, reports={
         "baseline": facts(baseline, baseline_path), "candidate": facts(candidate, candidate_path)},
-        warnings=[w for w in candidate.get("warnings", ()) if w["model"] == model], fail_on_warnings=fail_on_warnings)
+        warnings=[w for w in candidate.get("warnings", ()) if w["model"] == model],
+        fail_on_warnings=spec.fail_on_warnings)
     verdict.notes += [f"allowed by --allow-different-data: {difference}" for difference in differences]
     for name in (n for n in (model, "base") if n not in baseline["metrics"] or n not in candidate["metrics"]):
         raise ConfigError(f"--model: {name!r} is not a model of both reports (baseline: "
                           f"{', '.join(baseline['models'])}; candidate: {', '.join(candidate['models'])})")
-    for option, limits in (("--max-drop", max_drop), ("--max-drop-per-type", per_type)):
+    for option, limits in (("--max-drop", spec.max_drop), ("--max-drop-per-type", spec.max_drop_per_type)):
         check_gated(option, limits, model, (baseline, baseline_path), (candidate, candidate_path))
-    gated = list(dict.fromkeys([*max_drop, *per_type]))
+    gated = spec.gated
     engines = [report.get("semantic", {}).get("identity") for report in (baseline, candidate)]
-    if "semantic" in gated and engines[0] != engines[1] and not allow_different_data:
+    if "semantic" in gated and engines[0] != engines[1] and not spec.allow_different_data:
         raise ConfigError(f"semantic was computed by different engines (baseline: {engines[0]}; candidate: "
                           f"{engines[1]}): their numbers differ slightly; pass --allow-different-data to gate it "
                           "anyway")
@@ -142,12 +122,12 @@ def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float
                           "pairable); gate it in a separate compare with --rule point")
 
     paired, why_not = None, None
-    if unpaired:
+    if spec.unpaired:
         why_not = "--unpaired"
     elif differences:
         why_not = "the reports score different rows"
     else:
-        sources = (predictions_of(baseline, baseline_path, baseline_predictions),
+        sources = (predictions_of(baseline, baseline_path, spec.baseline_predictions),
                    predictions_of(candidate, candidate_path, None))
         if None in sources:
             missing = baseline_path if sources[0] is None else candidate_path
@@ -161,41 +141,86 @@ def compare(baseline_path: Path, candidate_path: Path, max_drop: dict[str, float
         if rule != "point":
             raise ConfigError(f"--rule {rule} needs the paired interval, which is not available: {why_not}; use "
                               "--rule point")
-        verdict.notes.append(f"no intervals: {why_not}; no per-row changes either")
+        verdict.notes.append(f"no intervals: {why_not}; no per-row changes, no sensitivity either")
     verdict.notes.append(f"rule: {rule}: {RULE_MEANING[rule]}")
     samples, seed = (candidate["config"]["score"][key] for key in ("bootstrap_samples", "seed"))
 
-    intervals = paired.intervals([n for n in max_drop if n not in unpairable], samples, seed) if paired else {}
-    for name, limit in max_drop.items():
+    overall = [n for n in spec.max_drop if n not in unpairable]
+    intervals = paired.intervals(overall, samples, seed) if paired else {}
+    own = own_changes(sources, candidate, spec) if paired else None
+    sensitivities = {name: with_spread(sensitivity, name, own, samples, seed) for name, sensitivity in
+                     paired.sensitivities(spec.max_drop, samples, seed).items()} if paired else {}
+    for name, limit in spec.max_drop.items():
         before, after = baseline["metrics"][model][name], candidate["metrics"][model][name]
         interval = (intervals[name]["ci95_low"], intervals[name]["ci95_high"]) if name in intervals else None
         verdict.checks.append(Check("drop", name, before, after, limit,
-                                    passes(rule, name, worse(name, before, after), limit, interval), rule, interval))
-        if require_improvement:
-            tested = improvement(candidate, model, name)
+                                    passes(rule, name, worse(name, before, after), limit, interval), rule, interval,
+                                    sensitivities.get(name)))
+        if spec.require_improvement:
+            tested = improvement(candidate, model, name, spec.alpha)
             if tested:
                 verdict.checks.append(tested)
             else:
                 verdict.notes.append(f"--require-improvement: {name} has no paired test against base in the report "
                                      f"(tested: {', '.join(candidate['deltas'][model])}); only its drop is gated")
-    if per_type:
-        by_type = (paired.by_type(list(per_type), unpairable, samples, seed) if paired
+    if spec.max_drop_per_type:
+        per_type = spec.max_drop_per_type
+        by_type = (paired.by_type(per_type, unpairable, samples, seed) if paired
                    else reported_types(baseline, candidate, model, per_type, verdict.notes))
         for label, rows, values in by_type:
-            judged = rows >= min_type_rows
+            judged = rows >= spec.min_type_rows
             for name, limit in per_type.items():
-                before, after, interval = values[name]
+                before, after, interval, sensitivity = values[name]
+                sensitivity = sensitivity and with_spread(sensitivity, name, own, samples, seed, label)
                 ok = not judged or passes(rule, name, worse(name, before, after), limit, interval)
                 verdict.type_checks.append(TypeCheck(label, rows, name, before, after, limit, ok, judged, rule,
-                                                     interval))
-        verdict.notes.append(f"per question type: types with fewer than {min_type_rows} rows (--min-type-rows) are "
-                             "too few to judge and not gated")
+                                                     interval, sensitivity))
+        verdict.notes.append(f"per question type: types with fewer than {spec.min_type_rows} rows (--min-type-rows) "
+                             "are too few to judge and not gated")
+    borrowed = next((c.sensitivity.changes for c in [*verdict.checks, *verdict.type_checks]
+                     if c.sensitivity and c.sensitivity.changes), None)
+    if borrowed:
+        verdict.notes.append(f"*: se and detectable by the spread of {borrowed} (as `gate plan` without a "
+                             "candidate: likely an upper bound)")
     if paired:
-        verdict.regression = paired.regressions(regression_threshold)
+        verdict.regression = paired.regressions(spec.regression_threshold)
         verdict.regressed_rows = paired.shown(verdict.regression["regressed"]["ids"][:WORST_ROWS])
+        verdict.notes.append(SENSITIVITY_NOTE)
     verdict.ungated = [(m.name, baseline["metrics"][model], candidate["metrics"][model])
-                       for m in metrics.flagged("headline") if m.name not in max_drop]
+                       for m in metrics.flagged("headline") if m.name not in spec.max_drop]
+    underpowered = verdict.power_warnings()
+    if spec.require_power and underpowered:
+        raise ConfigError(f"--require-power: {underpowered[0]}" + (
+            f" (and {len(underpowered) - 1} more limits)" if len(underpowered) > 1 else ""))
     return verdict
+
+
+def own_changes(sources: tuple[Path, Path], candidate: dict, spec: GateSpec) -> tuple[PairedRows, str] | None:
+    """The candidate report's own gated-model-minus-reference rows (None when the gated model is the reference):
+    where the candidate-minus-baseline changes have no spread at all (its outputs score as the baseline's on every
+    row, as an unchanged adapter's do), they say how much rows move when the model changes (`gate plan`'s likely
+    upper bound), and the sensitivity is taken from them, named so."""
+    if spec.model == candidate["reference"]:
+        return None
+    rows = pair(sources[1], sources[1], spec.model, spec.gated, candidate["metric_settings"]["tokenize"],
+                baseline_model=candidate["reference"])
+    return rows, f"{spec.model} - {candidate['reference']}: the candidate changed no row's score"
+
+
+def with_spread(sensitivity: Sensitivity, name: str, own: tuple[PairedRows, str] | None, samples: int, seed: int,
+                label: str | None = None) -> Sensitivity:
+    """`sensitivity`, or where its changes have no spread, the same limit's from `own` (over the type `label`'s
+    rows, or all)."""
+    if sensitivity.standard_error > 0 or own is None:
+        return sensitivity
+    rows, changes = own
+    indices = rows.types().get(label) if label else None
+    found = rows.sensitivities({name: sensitivity.limit}, samples, seed, indices)[name]
+    return replace(found, changes=changes) if found.standard_error > 0 else sensitivity
+
+
+SENSITIVITY_NOTE = ("se: the standard error of the paired change; detectable: the smallest drop these rows catch 80% "
+                    "of the time (one-sided alpha 0.05: 2.487 se); a limit below it decides on noise")
 
 
 RULE_MEANING = {
@@ -247,7 +272,8 @@ def passes(rule: str, name: str, worse: float, limit: float, interval: tuple[flo
 def reported_types(baseline: dict, candidate: dict, model: str, limits: dict[str, float],
                    notes: list[str]) -> list[tuple[str, int, dict]]:
     """Without paired rows (point rule): the per-type tables of both reports, for the types both have (a type's
-    rows: the fewer of the two, as reports of different test rows may differ)."""
+    rows: the fewer of the two, as reports of different test rows may differ), as PairedRows.by_type gives them,
+    with no interval and no sensitivity."""
     tables = [report["per_type"].get(model) for report in (baseline, candidate)]
     for which, table in zip(("baseline", "candidate"), tables):
         missing = [n for n in limits if table is None or any(n not in row for row in table.values())]
@@ -258,7 +284,7 @@ def reported_types(baseline: dict, candidate: dict, model: str, limits: dict[str
     only_one = [label for label in {**tables[0], **tables[1]} if label not in tables[0] or label not in tables[1]]
     notes += [f"question type {label!r} is in one report only: not gated" for label in only_one]
     return [(label, min(row["rows"], tables[0][label]["rows"]),
-             {n: (tables[0][label][n], row[n], None) for n in limits})
+             {n: (tables[0][label][n], row[n], None, None) for n in limits})
             for label, row in tables[1].items() if label in tables[0]]
 
 
@@ -290,7 +316,7 @@ def facts(report: dict, path: Path) -> dict:
             "warnings": report.get("warnings", [])}  # 3.1: the report's sanity warnings, a banner in compare.html
 
 
-def improvement(candidate: dict, model: str, name: str) -> Check | None:
+def improvement(candidate: dict, model: str, name: str, alpha: float) -> Check | None:
     """Whether `model` beats base on `name` in the candidate report's paired test; None when the report has no
     such test of the metric (not flagged delta, or a report made before it was)."""
     if candidate["reference"] != "base" or model == "base":
@@ -299,6 +325,7 @@ def improvement(candidate: dict, model: str, name: str) -> Check | None:
     if name not in candidate["deltas"][model]:
         return None
     delta = candidate["deltas"][model][name]
-    return Check("improvement", name, candidate["metrics"]["base"][name], candidate["metrics"][model][name],
-                 P_THRESHOLD, delta["delta"] * metrics.metric(name).direction > 0 and delta["p_value"] < P_THRESHOLD,
-                 f"better than base, p={delta['p_value']:.3f}", (delta["ci95_low"], delta["ci95_high"]))
+    better = delta["delta"] * metrics.metric(name).direction > 0 and delta["p_value"] < alpha
+    return Check("improvement", name, candidate["metrics"]["base"][name], candidate["metrics"][model][name], None,
+                 better, f"better than base: p {delta['p_value']:.3f} (< {alpha:g} needed)",
+                 (delta["ci95_low"], delta["ci95_high"]))

@@ -2,7 +2,8 @@
 
     rows = pair(baseline_predictions, candidate_predictions, "tuned", ["rougeL", "bleu"], tokenize="ko-mecab")
     rows.intervals(["rougeL"], samples, seed)                 # candidate minus baseline, 95% paired bootstrap
-    rows.by_type(["rougeL"], [], samples, seed)              # per question type: both values and that interval
+    rows.sensitivities({"rougeL": 0.01}, samples, seed)       # the change's standard error, the drop it catches
+    rows.by_type({"rougeL": 0.05}, [], samples, seed)         # per question type: both values, interval, sensitivity
     rows.regressions(0.05)                                    # eval.stats.regression_buckets of per-row ROUGE-L
 
 Each side is scored once per row (eval.metrics.ExampleScores); a question type's numbers reduce its rows' values,
@@ -46,16 +47,28 @@ class PairedRows:
         """Candidate minus baseline per metric, with its 95% paired-bootstrap interval, over `rows` (default: all)."""
         return stats.paired_bootstrap(*self.scores, names, samples, seed, rows=rows) if names else {}
 
-    def by_type(self, names: list[str], unpairable: list[str], samples: int, seed: int) -> list[tuple[str, int, dict]]:
-        """Per question type: (label, rows, {metric: (baseline, candidate, 95% interval of the change)}), the
-        interval resampling that type's rows alone (None for the metrics in `unpairable`)."""
+    def sensitivities(self, limits: dict[str, float], samples: int, seed: int,
+                      rows: list[int] | None = None) -> dict[str, stats.Sensitivity]:
+        """Per metric: what a gate with its limit sees over `rows` (default: all): the standard error of the
+        candidate-minus-baseline change, the smallest drop caught, the rows the limit needs (eval/stats.py)."""
+        count = len(self.ids) if rows is None else len(rows)
+        return {name: stats.Sensitivity(count, stats.standard_error(*self.scores, name, samples, seed, rows), limit)
+                for name, limit in limits.items()}
+
+    def by_type(self, limits: dict[str, float], unpairable: list[str], samples: int,
+                seed: int) -> list[tuple[str, int, dict]]:
+        """Per question type: (label, rows, {metric: (baseline, candidate, 95% interval of the change,
+        sensitivity)}), the interval and sensitivity resampling that type's rows alone (no interval for the metrics
+        in `unpairable`)."""
         found = []
         for label, rows in self.types().items():
+            names = list(limits)
             before, after = self.values(names, rows)
             intervals = self.intervals([n for n in names if n not in unpairable], samples, seed, rows)
+            sensitivities = self.sensitivities(limits, samples, seed, rows)
             found.append((label, len(rows), {
                 n: (before[n], after[n], (intervals[n]["ci95_low"], intervals[n]["ci95_high"]) if n in intervals
-                    else None) for n in names}))
+                    else None, sensitivities[n]) for n in names}))
         return found
 
     def regressions(self, threshold: float) -> dict:
@@ -74,10 +87,12 @@ class PairedRows:
 
 
 def pair(baseline_predictions: Path, candidate_predictions: Path, model: str, names: list[str],
-         tokenize: str) -> PairedRows:
-    """`model`'s rows of both files matched by id (DataError unless both hold the same ids), each side scored on
-    the metrics `names` and ROUGE-L."""
-    rows = [read_predictions(path)[model] for path in (baseline_predictions, candidate_predictions)]
+         tokenize: str, baseline_model: str | None = None) -> PairedRows:
+    """`model`'s rows of both files (on the baseline side `baseline_model`'s, default the same model: `gate plan`
+    pairs a report's tuned model with its base) matched by id (DataError unless both hold the same ids), each side
+    scored on the metrics `names` and ROUGE-L."""
+    rows = [read_predictions(path)[which] for path, which in ((baseline_predictions, baseline_model or model),
+                                                              (candidate_predictions, model))]
     by_id = {row["id"]: row for row in rows[0]}
     if sorted(by_id) != sorted(row["id"] for row in rows[1]):
         raise DataError(f"{baseline_predictions} and {candidate_predictions} do not hold the same rows of {model}")

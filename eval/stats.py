@@ -84,6 +84,7 @@ class Sensitivity:
     rows: int
     standard_error: float
     limit: float
+    changes: str = ""  # whose per-row changes the standard error is of, where not the gate's own pair
 
     @property
     def detectable(self) -> float:
@@ -106,8 +107,9 @@ class Sensitivity:
         """The one line said when the limit is not visible."""
         needed = (f"about {self.rows_needed:,} rows would" if self.rows_needed is not None
                   else "no number of rows can see a zero limit")
+        source = f" (by the spread of {self.changes})" if self.changes else ""
         return (f"{name}: limit {self.limit:g} is below what these {self.rows:,} rows can detect "
-                f"({self.detectable:.3f}); {needed}")
+                f"({self.detectable:.3f}){source}; {needed}")
 
 
 def regression_buckets(ref_values: Sequence[float], model_values: Sequence[float], threshold: float,
