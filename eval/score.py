@@ -72,7 +72,9 @@ def score(cfg: Config, output_dir: Path) -> Path:
     compared = [n for n in names if n in shown or n == cfg.score.reference]  # the sanity blocks' models
     sanity_block = sanity.sanity({n: predictions[n] for n in compared}, references, cfg.score.reference,
                                  cfg.score.tokenize)
-    warnings = sanity.warnings(sanity_block, cfg.score.reference, cfg.score.identical_warning)
+    types_block = sanity.types({n: predictions[n] for n in compared}, references)
+    warnings = (sanity.warnings(sanity_block, cfg.score.reference, cfg.score.identical_warning)
+                + sanity.type_warnings(types_block, len(references), cfg.score.reference))
     picks = sorted(set(np.linspace(0, len(references) - 1, num=min(cfg.score.num_examples, len(references)))
                        .round().astype(int)))
     report = {
@@ -103,7 +105,7 @@ def score(cfg: Config, output_dir: Path) -> Path:
         "semantic": semantic_block,
         "sanity": sanity_block,
         "warnings": warnings,
-        "types": sanity.types({n: predictions[n] for n in compared}, references),
+        "types": types_block,
         "regressions": sanity.regressions({n: scores[n].values["rougeL"] for n in compared},
                                           [r["id"] for r in rows["base"]], cfg.score.reference,
                                           cfg.score.regression_threshold),

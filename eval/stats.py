@@ -4,6 +4,7 @@
     standard_error(scores_a, scores_b, name, samples, seed)      # of the change b - a at these rows
     Sensitivity(rows, standard_error, limit)                     # the smallest drop a gate catches; rows it needs
     regression_buckets(ref_values, model_values, threshold, ids) # rows regressed / improved / unchanged
+    wilson_interval(successes, rows)                             # a share's 95% interval (type accuracy's)
 
 The sensitivity is that of a one-sided test at alpha 0.05 with 80% power: a true drop of DETECTABLE_Z (2.487)
 standard errors of the change is caught four times in five. A limit below it decides on noise: a candidate truly
@@ -110,6 +111,17 @@ class Sensitivity:
         source = f" (by the spread of {self.changes})" if self.changes else ""
         return (f"{name}: limit {self.limit:g} is below what these {self.rows:,} rows can detect "
                 f"({self.detectable:.3f}){source}; {needed}")
+
+
+def wilson_interval(successes: int, rows: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a share (successes of rows): unlike share +- 1.96 standard errors, it stays
+    in [0, 1] and keeps its width at shares near 0 or 1 and at few rows."""
+    if rows == 0:
+        return 0.0, 1.0
+    share = successes / rows
+    centre = (share + z * z / (2 * rows)) / (1 + z * z / rows)
+    half = z * math.sqrt(share * (1 - share) / rows + z * z / (4 * rows * rows)) / (1 + z * z / rows)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def regression_buckets(ref_values: Sequence[float], model_values: Sequence[float], threshold: float,
