@@ -29,7 +29,7 @@ from pathlib import Path
 import click
 import yaml
 
-from eval.gate_spec import RULES, GateSpec, parse_limits
+from eval.gate_spec import RULES, GateSpec, parse_kinds, parse_limits
 from pipeline.config import Config, load_config, to_dict
 from pipeline.errors import Stopped, UserError, first_line
 
@@ -255,6 +255,8 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
 @click.option("--fail-on-warnings", is_flag=True, help="Also fail (exit 1) when the candidate report warns about "
               "the model: outputs identical to the reference model's (score.identical_warning), one repeated text, "
               "type accuracy no better than always answering the majority type, one type for most rows.")
+@click.option("--allow-warning", "allowed_warnings", default=None,
+              callback=lambda _context, _option, value: parse_kinds(value), help="Warning kinds shown but not failing --fail-on-warnings, e.g. type_collapse,type_accuracy_at_majority.")
 @click.option("--require-power", is_flag=True, help="Exit 2 when a limit is below the smallest drop the paired rows "
               "can detect (80% power, one-sided alpha 0.05): the gate would decide on noise.")
 @click.option("--format", "output_format", type=click.Choice(["text", "markdown"]), default="text",

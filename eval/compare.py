@@ -103,7 +103,7 @@ def compare(baseline_path: Path, candidate_path: Path, spec: GateSpec) -> Verdic
     verdict = Verdict(model=model, min_type_rows=spec.min_type_rows, reports={
         "baseline": facts(baseline, baseline_path), "candidate": facts(candidate, candidate_path)},
         warnings=[w for w in candidate.get("warnings", ()) if w["model"] == model],
-        fail_on_warnings=spec.fail_on_warnings)
+        fail_on_warnings=spec.fail_on_warnings, allowed_warnings=spec.allowed_warnings)
     verdict.notes += [f"allowed by --allow-different-data: {difference}" for difference in differences]
     for name in (n for n in (model, "base") if n not in baseline["metrics"] or n not in candidate["metrics"]):
         raise ConfigError(f"--model: {name!r} is not a model of both reports (baseline: "

@@ -20,6 +20,9 @@ MIN_TYPE_ROWS = 30
 ALPHA = 0.05  # --require-improvement: the one-sided p-value the candidate must beat its base model with
 REGRESSION_THRESHOLD = 0.05  # a paired row regressed (improved) when its ROUGE-L fell (rose) by more than this
 
+# The kinds of a report's warnings about a model (eval/sanity.py; report.schema.json's warning "kind").
+WARNING_KINDS = ("identical_to_reference", "constant_output", "type_accuracy_at_majority", "type_collapse")
+
 
 @dataclass(frozen=True)
 class GateSpec:
@@ -35,6 +38,7 @@ class GateSpec:
     allow_different_data: bool = False
     regression_threshold: float = REGRESSION_THRESHOLD
     fail_on_warnings: bool = False  # the candidate report's warnings about the model fail the gate (exit 1)
+    allowed_warnings: tuple[str, ...] = ()  # warning kinds shown but never failing the gate (--allow-warning)
     require_power: bool = False  # a limit below what the rows can detect is a misconfiguration (exit 2)
 
     def __post_init__(self):
@@ -47,6 +51,9 @@ class GateSpec:
                               "number")
         if self.min_type_rows < 1:
             raise ConfigError(f"--min-type-rows: {self.min_type_rows} is not a positive number of rows")
+        unknown = [kind for kind in self.allowed_warnings if kind not in WARNING_KINDS]
+        if unknown:
+            raise ConfigError(f"--allow-warning: {', '.join(unknown)} is not a warning kind ({', '.join(WARNING_KINDS)})")
         if not 0 < self.alpha < 1:
             raise ConfigError(f"alpha: {self.alpha} is not a probability between 0 and 1")
 
@@ -73,3 +80,8 @@ def parse_limits(text: str | None, option: str = "--max-drop") -> dict[str, floa
     if not allowed:
         raise ConfigError(f"{option} names no metric")
     return allowed
+
+
+def parse_kinds(text: str | None) -> tuple[str, ...]:
+    """`kind,kind` (--allow-warning) as a tuple; () for None. GateSpec checks each is a WARNING_KINDS kind."""
+    return tuple(filter(None, (kind.strip() for kind in (text or "").split(","))))

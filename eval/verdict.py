@@ -73,6 +73,7 @@ class Verdict:
     # --fail-on-warnings (fail_on_warnings) any of them fails the gate.
     warnings: list[dict] = field(default_factory=list)
     fail_on_warnings: bool = False
+    allowed_warnings: tuple[str, ...] = ()  # kinds shown but never failing (--allow-warning)
 
     @property
     def passed(self) -> bool:
@@ -83,16 +84,21 @@ class Verdict:
         --fail-on-warnings gates them."""
         found = [f"{check_name(c)} {result_text(c)}" for c in self.checks if not c.ok]
         found += [f"{c.metric} of {c.label} REGRESSED" for c in self.type_checks if not c.ok]
-        if self.fail_on_warnings and self.warnings:
-            found.append(f"{len(self.warnings)} warning{'s' * (len(self.warnings) > 1)} (--fail-on-warnings)")
+        failing = [w for w in self.warnings if w["kind"] not in self.allowed_warnings]
+        if self.fail_on_warnings and failing:
+            found.append(f"{len(failing)} warning{'s' * (len(failing) > 1)} (--fail-on-warnings)")
         return found
 
     def verdict_line(self) -> str:
         return "PASSED" if self.passed else f"FAILED: {'; '.join(self.failures())}"
 
     def warning_lines(self) -> list[str]:
-        result = "FAILED (--fail-on-warnings)" if self.fail_on_warnings else "not gated (--fail-on-warnings gates it)"
-        return [f"WARNING in the candidate report: {w['message']}: {result}" for w in self.warnings]
+        def result(warning: dict) -> str:
+            if warning["kind"] in self.allowed_warnings:
+                return f"not gated (--allow-warning {warning['kind']})"
+            return "FAILED (--fail-on-warnings)" if self.fail_on_warnings else "not gated (--fail-on-warnings gates it)"
+
+        return [f"WARNING in the candidate report: {w['message']}: {result(w)}" for w in self.warnings]
 
     def power_warnings(self) -> list[str]:
         """A line per limit below what its rows can detect (overall, and per judged question type)."""

@@ -171,6 +171,10 @@ def test_always_the_majority_type_scores_the_majority_baseline_and_the_macro_f1_
     assert summary_table(read(report_path)).splitlines()[:2] == [f"WARNING: {w['message']}" for w in warnings]
     args = ["compare", "--baseline", str(report_path), "--candidate", str(report_path), "--max-drop", "rougeL=0"]
     assert main(args) == 0 and main([*args, "--fail-on-warnings"]) == 1
+    allowed = ["--allow-warning", "type_collapse,type_accuracy_at_majority"]
+    assert main([*args, "--fail-on-warnings", *allowed]) == 0  # shown, not gated
+    assert main([*args, "--fail-on-warnings", "--allow-warning", "type_collapse"]) == 1  # the other still fails
+    assert main([*args, "--allow-warning", "typo"]) == 2
 
 
 def type_texts(counts: dict[str, int]) -> list[str]:
