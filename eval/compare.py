@@ -3,8 +3,8 @@
     python entrypoint.py compare --baseline A.json --candidate B.json --max-drop rougeL=0.01,bleu=0.5 [--rule point]
         [--max-drop-per-type rougeL=0.05 --min-type-rows 30] [--regression-threshold 0.05] [--html compare.html]
 
-The two reports must describe the same test rows with the same metric settings (their fingerprints), or the gate
-refuses (exit 2) unless --allow-different-data. A metric regresses when the candidate model (--model, default
+The two reports (read by eval/report_reader.py) must describe the same test rows with the same metric settings
+(their fingerprints), or the gate refuses (exit 2) unless --allow-different-data. A metric regresses when the candidate model (--model, default
 tuned) is worse than the baseline's by more than its allowed drop, in the metric's own units (ROUGE in [0, 1],
 BLEU/chrF in [0, 100]) and in its direction: quality metrics may not fall, failure rates (empty_rate,
 hit_max_new_tokens_rate) may not rise; lengths have no direction and cannot be gated (each metric's direction and
@@ -38,57 +38,19 @@ also sorts the rows by their ROUGE-L change into regressed / improved / unchange
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
-import jsonschema
-
 from eval import metrics
+from eval.gate_spec import GateSpec
 from eval.paired import PairedRows, pair
 from eval.predictions import predictions_of
-from eval.report import SCHEMA_VERSION, schema
+from eval.report_reader import check_gated, different_settings, load_report
 from eval.stats import Sensitivity
-from eval.gate_spec import GateSpec
 from eval.verdict import Check, TypeCheck, Verdict
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError
 
-# The report versions this gate reads. 3.1 added metrics and blocks (below) and changed none of 3.0's, so a 3.0
-# report compares with a 3.1 one on the metrics both have; what a 3.0 report lacks is "—", and exit 2 if gated.
-READABLE_VERSIONS = ("3.0", "3.1")
-ADDED_IN_3_1 = ("semantic", "sanity", "warnings", "types", "regressions", "per_type_deltas")
 WORST_ROWS = 20  # the worst regressed rows the verdict keeps (with their texts) for the summary and compare.html
-
-
-def load_report(path: Path) -> dict:
-    """A report.json of a READABLE_VERSIONS version, checked against the schema: anything else is exit 2, naming
-    why. A metric it lacks (a report made before the metric was added) is no error here: it is exit 2 where it is
-    gated, and "—" in the tables."""
-    try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not a report.json: {exc}") from None
-    version = report.get("schema_version") if isinstance(report, dict) else None
-    if version not in READABLE_VERSIONS:
-        raise DataError(f"{path} is a report of schema version {version!r}; this version compares "
-                        f"{' and '.join(map(repr, READABLE_VERSIONS))} reports only: rescore it with this version "
-                        "(entrypoint.py score)")
-    try:
-        jsonschema.validate(report, reader_schema(version))
-    except jsonschema.ValidationError as exc:
-        where = "/".join(map(str, exc.absolute_path)) or "the top level"
-        raise DataError(f"{path} is not a valid report.json ({where}: {exc.message})") from None
-    return report
-
-
-def reader_schema(version: str) -> dict:
-    """This version's schema as a reader of `version` reports needs it: any readable version, metrics by name
-    (schema(complete=False)), and an older report without the blocks added since."""
-    result = schema(complete=False)
-    result["properties"]["schema_version"] = {"enum": list(READABLE_VERSIONS)}
-    if version != SCHEMA_VERSION:
-        result["required"] = [key for key in result["required"] if key not in ADDED_IN_3_1]
-    return result
 
 
 def compare(baseline_path: Path, candidate_path: Path, spec: GateSpec) -> Verdict:
@@ -230,25 +192,6 @@ RULE_MEANING = {
 }
 
 
-def check_gated(option: str, limits: dict[str, float], model: str, *reports: tuple[dict, Path]) -> None:
-    """ConfigError naming the metric unless each one `option` gates exists, has a better direction and is in both
-    reports."""
-    for name in limits:
-        metric = metrics.metric(name)
-        if metric is None:
-            raise ConfigError(f"{option}: unknown metric {name!r}; reports have "
-                              f"{', '.join(sorted(reports[-1][0]['metrics'][model]))}")
-        for which, (report, path) in zip(("baseline", "candidate"), reports):
-            if name not in report["metrics"][model]:
-                raise ConfigError(f"{option}: {name} is not in the {which} report {path} (schema "
-                                  f"{report['schema_version']}, made by another version?): rescore it, or leave "
-                                  f"{name} out of {option}")
-        if not metric.gateable:
-            rates = ", ".join(m.name for m in metrics.REGISTRY if m.direction == metrics.LOWER)
-            raise ConfigError(f"{option}: {name} describes the outputs and has no better direction; gate a "
-                              f"quality metric or a failure rate ({rates})")
-
-
 def worse(name: str, before: float, after: float) -> float:
     """How much worse `after` is than `before` in the metric's direction (> 0: worse)."""
     return (before - after) * metrics.metric(name).direction
@@ -286,28 +229,6 @@ def reported_types(baseline: dict, candidate: dict, model: str, limits: dict[str
     return [(label, min(row["rows"], tables[0][label]["rows"]),
              {n: (tables[0][label][n], row[n], None, None) for n in limits})
             for label, row in tables[1].items() if label in tables[0]]
-
-
-def different_settings(baseline: dict, candidate: dict) -> list[str]:
-    found = []
-    for key, what in (("test_set", "test set"), ("metric_settings", "metric settings")):
-        a, b = baseline[key], candidate[key]
-        fingerprint = "sha256" if key == "test_set" else "fingerprint"
-        if a[fingerprint] != b[fingerprint] and (key == "test_set" or not same_metric_settings(a, b)):
-            detail = (f"{a['rows']} rows {a['sha256'][:12]} vs {b['rows']} rows {b['sha256'][:12]}" if key == "test_set"
-                      else f"tokenize {a['tokenize']} vs {b['tokenize']}, fingerprint {a['fingerprint']} vs "
-                           f"{b['fingerprint']}")
-            found.append(f"different {what} (baseline vs candidate: {detail})")
-    return found
-
-
-def same_metric_settings(a: dict, b: dict) -> bool:
-    """Whether reports of different schema versions (whose fingerprints differ by the version alone) measured with
-    the same settings: every setting both record, but the version and the fingerprint, is equal."""
-    if a["schema_version"] == b["schema_version"]:
-        return False
-    shared = (set(a) & set(b)) - {"schema_version", "fingerprint"}
-    return all(a[key] == b[key] for key in shared)
 
 
 def facts(report: dict, path: Path) -> dict:

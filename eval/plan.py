@@ -18,10 +18,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.compare import check_gated, different_settings, load_report
 from eval.gate_spec import GateSpec
 from eval.paired import pair
 from eval.predictions import predictions_of
+from eval.report_reader import check_gated, different_settings, load_report
 from eval.stats import DETECTABLE_Z, Sensitivity, standard_error
 from eval.verdict import aligned
 from pipeline.errors import ConfigError

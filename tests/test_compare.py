@@ -17,8 +17,7 @@ import pytest
 
 from conftest import ROOT, korean_rows
 from entrypoint import main
-from eval import compare as compare_module
-from eval import metrics, stats
+from eval import metrics, report_reader, stats
 from eval.report_view import signed
 from test_report import scored_run
 
@@ -316,8 +315,8 @@ def test_a_3_0_baseline_compares_with_a_3_1_candidate(reports, capsys):
 
 
 def test_the_committed_baseline_report_is_readable(capsys):
-    assert compare_module.load_report(ROOT / "examples" / "baseline-report.json")["schema_version"] in (
-        compare_module.READABLE_VERSIONS)
+    assert report_reader.load_report(ROOT / "examples" / "baseline-report.json")["schema_version"] in (
+        report_reader.READABLE_VERSIONS)
     baseline = ROOT / "examples" / "baseline-report.json"
     assert gate(baseline, baseline, "--max-drop", "rougeL=0", "--max-drop-per-type", "rougeL=0", "--min-type-rows",
                 "10", "--baseline-predictions", str(ROOT / "examples" / "baseline-predictions.jsonl")) == 0

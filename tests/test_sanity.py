@@ -18,7 +18,7 @@ from conftest import ROOT, character_embedder, korean_rows
 from entrypoint import main
 from eval import metrics, sanity, semantic, stats
 from eval import report as report_module
-from eval.compare import ADDED_IN_3_1
+from eval.report_reader import ADDED_IN_3_1
 from eval.report import markdown, summary_table
 from test_report import N, config_for, read, scored_run
 
