@@ -297,13 +297,13 @@ def gate_group() -> None:
               help="report.json whose per-row scores give the spread of the changes.")
 @click.option("--candidate", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A report of a candidate on the same rows: the spread of candidate minus baseline. Without it: "
-              "the baseline's tuned model minus its reference model, an upper bound.")
+              "the baseline's tuned model minus its reference model, likely an upper bound.")
 @click.option("--baseline-predictions", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The baseline's predictions.jsonl, when it is not where its report says.")
 @click.option("--max-drop", default=None, help="The limits to plan, e.g. rougeL=0.01,bleu=0.5.")
 @click.option("--max-drop-per-type", default=None, help="The per-question-type limits to plan, e.g. rougeL=0.05.")
 @click.option("--min-type-rows", type=int, default=GateSpec.min_type_rows, show_default=True,
-              help="A type's plan says when it needs more rows than this to be judged at all.")
+              help="A type with fewer rows is not judged: its split rows needed give it at least this many.")
 @click.option("--model", default=GateSpec.model, show_default=True, help="The model gated.")
 def gate_plan_command(baseline: str, candidate: str | None, baseline_predictions: str | None, max_drop: str | None,
                       max_drop_per_type: str | None, min_type_rows: int, model: str) -> None:
