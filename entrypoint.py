@@ -242,6 +242,8 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
 @click.option("--model", default=GateSpec.model, show_default=True, help="The model of both reports to gate.")
 @click.option("--baseline-predictions", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The baseline's predictions.jsonl, when it is not where its report says.")
+@click.option("--candidate-predictions", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The candidate's predictions.jsonl, when it is not where its report says.")
 @click.option("--rule", type=click.Choice(RULES), default=GateSpec.rule, show_default=True,
               help="point: fail when the drop exceeds the limit; significant: also only when the 95% interval "
               "excludes zero; non-inferior: pass only when the interval shows the drop within the limit.")
@@ -264,7 +266,8 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
               help="Also write compare.html here: the checks, the per-type checks and the worst regressed rows.")
 def compare_command(baseline: str, candidate: str, output_format: str, html_path: str | None, max_drop: str | None,
-                    max_drop_per_type: str | None, baseline_predictions: str | None, **gate) -> None:
+                    max_drop_per_type: str | None, baseline_predictions: str | None,
+                    candidate_predictions: str | None, **gate) -> None:
     """Regression gate for CI: exit 0 when nothing got worse beyond its limit (overall, and per question type with
     --max-drop-per-type) and, with --fail-on-warnings, the candidate report has no warning about the model; 1 with a
     table and a FAILED line otherwise, 2 when the reports cannot be compared (other test rows or metric settings, an
@@ -276,7 +279,8 @@ def compare_command(baseline: str, candidate: str, output_format: str, html_path
 
     spec = GateSpec(max_drop=parse_limits(max_drop), max_drop_per_type=parse_limits(max_drop_per_type,
                                                                                    "--max-drop-per-type"),
-                    baseline_predictions=Path(baseline_predictions) if baseline_predictions else None, **gate)
+                    baseline_predictions=Path(baseline_predictions) if baseline_predictions else None,
+                    candidate_predictions=Path(candidate_predictions) if candidate_predictions else None, **gate)
     verdict = compare(Path(baseline), Path(candidate), spec)
     click.echo(format_verdict(verdict, markdown=output_format == "markdown"))
     if html_path:

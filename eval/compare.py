@@ -90,11 +90,11 @@ def compare(baseline_path: Path, candidate_path: Path, spec: GateSpec) -> Verdic
         why_not = "the reports score different rows"
     else:
         sources = (predictions_of(baseline, baseline_path, spec.baseline_predictions),
-                   predictions_of(candidate, candidate_path, None))
+                   predictions_of(candidate, candidate_path, spec.candidate_predictions))
         if None in sources:
-            missing = baseline_path if sources[0] is None else candidate_path
-            why_not = (f"the predictions of {missing} are not at hand (" + ("--baseline-predictions gives the "
-                       "baseline's)" if sources[0] is None else "they are read from where the report says)"))
+            which = "baseline" if sources[0] is None else "candidate"
+            why_not = (f"the predictions of {baseline_path if which == 'baseline' else candidate_path} are not at "
+                       f"hand (--{which}-predictions gives the {which}'s)")
         else:
             paired = pair(*sources, model, gated, candidate["metric_settings"]["tokenize"])
             verdict.notes.append(f"paired: {len(paired.ids)} rows matched by id; intervals are 95% paired-bootstrap "

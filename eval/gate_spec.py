@@ -35,6 +35,7 @@ class GateSpec:
     alpha: float = ALPHA
     unpaired: bool = False  # do not pair the rows (no intervals, no sensitivity)
     baseline_predictions: Path | None = None  # when they are not where the baseline report says
+    candidate_predictions: Path | None = None  # when they are not where the candidate report says
     allow_different_data: bool = False
     regression_threshold: float = REGRESSION_THRESHOLD
     fail_on_warnings: bool = False  # the candidate report's warnings about the model fail the gate (exit 1)
