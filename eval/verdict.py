@@ -157,19 +157,19 @@ def format_verdict(verdict: Verdict, markdown: bool = False) -> str:
     power = [f"WARNING (sensitivity): {line}" for line in verdict.power_warnings()]
     if markdown:
         lines = [f"- **{line}**" for line in verdict.warning_lines()] + ([""] if verdict.warnings else [])
-        for number_of, (table, left) in enumerate(tables):
+        for index, (table, left) in enumerate(tables):
             lines += [markdown_row(table[0]), "|" + "".join("---|" if i in left else "---:|"
                                                             for i in range(len(table[0])))]
             lines += [markdown_row(row) for row in table[1:]] + [""]
-            if number_of == 0 and power:
+            if index == 0 and power:
                 lines += [f"- {line}" for line in power] + [""]
         lines += regressed_markdown(verdict) + [f"- {note}" for note in verdict.notes]
         lines.append("\n**PASSED**" if verdict.passed else f"\n**FAILED**: {'; '.join(verdict.failures())}")
         return "\n".join(lines)
     lines = verdict.warning_lines() + ([""] if verdict.warnings else [])
-    for number_of, (table, left) in enumerate(tables):
+    for index, (table, left) in enumerate(tables):
         lines += aligned(table, left) + [""]
-        if number_of == 0 and power:
+        if index == 0 and power:
             lines += power + [""]
     return "\n".join(lines + regressed_text(verdict) + verdict.notes + ["", verdict.verdict_line()])
 
