@@ -6,6 +6,7 @@
     python entrypoint.py run --config configs/demo.yaml          # train -> generate -> score
     python entrypoint.py export --config configs/demo.yaml --out merged/   # the adapter merged, proven equal
     python entrypoint.py compare --baseline A.json --candidate B.json --max-drop rougeL=0.01,bleu=0.5
+    python entrypoint.py gate plan --baseline A.json --max-drop rougeL=0.01    # the rows that limit needs
 
 Errors a user can cause print one line and exit 2 (config/data) or 3 (model/resource, out of memory); anything
 unexpected prints one line and exits 4, with the traceback in <output.dir>/job.log; exit 1 means only "compare
@@ -28,6 +29,7 @@ from pathlib import Path
 import click
 import yaml
 
+from eval.gate_spec import RULES, GateSpec, parse_kinds, parse_limits
 from pipeline.config import Config, load_config, to_dict
 from pipeline.errors import Stopped, UserError, first_line
 
@@ -235,47 +237,51 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
               "rougeL=0.01,bleu=0.5,empty_rate=0.02.")
 @click.option("--max-drop-per-type", default=None, help="Allowed drop per metric within each question type of at "
               "least --min-type-rows rows, e.g. rougeL=0.05 (same form as --max-drop; either or both).")
-@click.option("--min-type-rows", type=int, default=30, show_default=True,
+@click.option("--min-type-rows", type=int, default=GateSpec.min_type_rows, show_default=True,
               help="Question types with fewer rows are shown as too few to judge and not gated.")
-@click.option("--model", default="tuned", show_default=True, help="The model of both reports to gate.")
+@click.option("--model", default=GateSpec.model, show_default=True, help="The model of both reports to gate.")
 @click.option("--baseline-predictions", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The baseline's predictions.jsonl, when it is not where its report says.")
-@click.option("--rule", type=click.Choice(["point", "significant", "non-inferior"]), default="point",
-              show_default=True, help="point: fail when the drop exceeds the limit; significant: also only when the "
-              "95% interval excludes zero; non-inferior: pass only when the interval shows the drop within the limit.")
+@click.option("--candidate-predictions", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The candidate's predictions.jsonl, when it is not where its report says.")
+@click.option("--rule", type=click.Choice(RULES), default=GateSpec.rule, show_default=True,
+              help="point: fail when the drop exceeds the limit; significant: also only when the 95% interval "
+              "excludes zero; non-inferior: pass only when the interval shows the drop within the limit.")
 @click.option("--unpaired", is_flag=True, help="Do not pair the rows (no intervals; --rule point only).")
 @click.option("--allow-different-data", is_flag=True,
               help="Compare reports made on different test rows or metric settings (said in the table).")
 @click.option("--require-improvement", is_flag=True,
-              help="Also fail unless the candidate model beats its base with p < 0.05 on these metrics.")
-@click.option("--regression-threshold", type=float, default=0.05, show_default=True,
+              help=f"Also fail unless the candidate model beats its base with p < {GateSpec.alpha} on these metrics.")
+@click.option("--regression-threshold", type=float, default=GateSpec.regression_threshold, show_default=True,
               help="A paired row regressed (improved) when its ROUGE-L fell (rose) by more than this.")
 @click.option("--fail-on-warnings", is_flag=True, help="Also fail (exit 1) when the candidate report warns about "
-              "the model: outputs identical to the reference model's (score.identical_warning), or one repeated text.")
+              "the model: outputs identical to the reference model's (score.identical_warning), one repeated text, "
+              "type accuracy no better than always answering the majority type, one type for most rows.")
+@click.option("--allow-warning", "allowed_warnings", default=None,
+              callback=lambda _context, _option, value: parse_kinds(value), help="Warning kinds shown but not failing --fail-on-warnings, e.g. type_collapse,type_accuracy_at_majority.")
+@click.option("--require-power", is_flag=True, help="Exit 2 when a limit is below the smallest drop the paired rows "
+              "can detect (80% power, one-sided alpha 0.05): the gate would decide on noise.")
 @click.option("--format", "output_format", type=click.Choice(["text", "markdown"]), default="text",
               show_default=True, help="markdown: a table for $GITHUB_STEP_SUMMARY or a pull request.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
               help="Also write compare.html here: the checks, the per-type checks and the worst regressed rows.")
-def compare_command(baseline: str, candidate: str, max_drop: str | None, max_drop_per_type: str | None,
-                    min_type_rows: int, model: str, baseline_predictions: str | None, rule: str, unpaired: bool,
-                    allow_different_data: bool, require_improvement: bool, regression_threshold: float,
-                    fail_on_warnings: bool, output_format: str, html_path: str | None) -> None:
+def compare_command(baseline: str, candidate: str, output_format: str, html_path: str | None, max_drop: str | None,
+                    max_drop_per_type: str | None, baseline_predictions: str | None,
+                    candidate_predictions: str | None, **gate) -> None:
     """Regression gate for CI: exit 0 when nothing got worse beyond its limit (overall, and per question type with
     --max-drop-per-type) and, with --fail-on-warnings, the candidate report has no warning about the model; 1 with a
-    table otherwise, 2 when the reports cannot be compared (other test rows or
-    metric settings, an unreadable schema version) or an option is wrong."""
-    from eval.compare import compare, parse_max_drop
+    table and a FAILED line otherwise, 2 when the reports cannot be compared (other test rows or metric settings, an
+    unreadable schema version), an option is wrong, or with --require-power a limit is below what the rows detect.
+    Every limit is shown with the smallest drop its rows can detect."""
+    from eval.compare import compare
     from eval.verdict import compare_html, format_verdict
     from pipeline.stage import write_text_atomic
 
-    verdict = compare(Path(baseline), Path(candidate), parse_max_drop(max_drop) if max_drop is not None else {},
-                      model=model, rule=rule, require_improvement=require_improvement, unpaired=unpaired,
-                      baseline_predictions=Path(baseline_predictions) if baseline_predictions else None,
-                      allow_different_data=allow_different_data,
-                      max_drop_per_type=(parse_max_drop(max_drop_per_type, "--max-drop-per-type")
-                                         if max_drop_per_type is not None else {}),
-                      min_type_rows=min_type_rows, regression_threshold=regression_threshold,
-                      fail_on_warnings=fail_on_warnings)
+    spec = GateSpec(max_drop=parse_limits(max_drop), max_drop_per_type=parse_limits(max_drop_per_type,
+                                                                                   "--max-drop-per-type"),
+                    baseline_predictions=Path(baseline_predictions) if baseline_predictions else None,
+                    candidate_predictions=Path(candidate_predictions) if candidate_predictions else None, **gate)
+    verdict = compare(Path(baseline), Path(candidate), spec)
     click.echo(format_verdict(verdict, markdown=output_format == "markdown"))
     if html_path:
         Path(html_path).parent.mkdir(parents=True, exist_ok=True)
@@ -285,6 +291,38 @@ def compare_command(baseline: str, candidate: str, max_drop: str | None, max_dro
         raise RegressionFound()
 
 
+@cli.group("gate")
+def gate_group() -> None:
+    """Plan a regression gate before running it."""
+
+
+@gate_group.command("plan")
+@click.option("--baseline", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="report.json whose per-row scores give the spread of the changes.")
+@click.option("--candidate", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A report of a candidate on the same rows: the spread of candidate minus baseline. Without it: "
+              "the baseline's tuned model minus its reference model, likely an upper bound.")
+@click.option("--baseline-predictions", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The baseline's predictions.jsonl, when it is not where its report says.")
+@click.option("--max-drop", default=None, help="The limits to plan, e.g. rougeL=0.01,bleu=0.5.")
+@click.option("--max-drop-per-type", default=None, help="The per-question-type limits to plan, e.g. rougeL=0.05.")
+@click.option("--min-type-rows", type=int, default=GateSpec.min_type_rows, show_default=True,
+              help="A type with fewer rows is not judged: its split rows needed give it at least this many.")
+@click.option("--model", default=GateSpec.model, show_default=True, help="The model gated.")
+def gate_plan_command(baseline: str, candidate: str | None, baseline_predictions: str | None, max_drop: str | None,
+                      max_drop_per_type: str | None, min_type_rows: int, model: str) -> None:
+    """Rows a gate needs: per metric (and per question type), from the spread of per-row changes, the rows at which
+    each limit is the smallest drop caught at 80% power (one-sided alpha 0.05). Exit 2 when a report or its
+    predictions cannot be read."""
+    from eval.plan import format_plan, plan
+
+    spec = GateSpec(max_drop=parse_limits(max_drop), max_drop_per_type=parse_limits(max_drop_per_type,
+                                                                                   "--max-drop-per-type"),
+                    min_type_rows=min_type_rows, model=model,
+                    baseline_predictions=Path(baseline_predictions) if baseline_predictions else None)
+    click.echo(format_plan(plan(Path(baseline), Path(candidate) if candidate else None, spec)))
+
+
 def is_main_process() -> bool:
     from pipeline.stage import process_state
 
@@ -292,10 +330,12 @@ def is_main_process() -> bool:
 
 
 class RegressionFound(UserError):
+    """compare's verdict FAILED: exit 1. Not an error: the verdict line already said what failed."""
+
     exit_code = 1
 
     def __init__(self):
-        super().__init__("the candidate regressed (table above)")
+        super().__init__("the candidate regressed (the verdict above)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_cli(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="entrypoint.py", standalone_mode=False)
+    except RegressionFound as exc:  # the verdict is on stdout; a failed gate is no error line
+        return exc.exit_code
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code

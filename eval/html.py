@@ -6,7 +6,6 @@ report opens from file:// and works as a CI artifact.
                                                         types, per-type tables and deltas, example browser
     render_compare_html(comparison)                  -> compare.html: the reports' warnings, the gate's checks and
                                                         the worst regressed rows
-    regression_buckets(ref_values, model_values, threshold, ids) -> rows regressed / improved / unchanged
 
 The sections made from schema 3.1's blocks are eval/html_sections.py's; a report without a block (3.0) is shown
 without its section. This module imports nothing of eval.report, which writes report.html through it.
@@ -26,45 +25,28 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import quote
 
+from eval.gate_spec import REGRESSION_THRESHOLD
 from eval.html_sections import (bucket_table, esc, facts, finite, sanity_table, section, semantic_fact,
                                 type_delta_table, types_tables, value_text, warnings_banner)
-from eval.report_view import MIN_TYPE_ROWS, NO_LABEL, compared_models
+from eval.report_view import MIN_TYPE_ROWS, NO_LABEL, compared_models, signed
+from eval.stats import regression_buckets
 from pipeline.text import split_label
 
 TEMPLATE_PATH = Path(__file__).with_name("report_template.html")
-FLOAT_NOISE = 1e-12  # 0.55 - 0.5 is 0.05000000000000004: a difference of exactly the threshold stays unchanged
-
-
-def regression_buckets(ref_values: Sequence[float], model_values: Sequence[float], threshold: float,
-                       ids: Sequence[str]) -> dict:
-    """Rows by the per-example difference model - reference: regressed below -threshold, improved above +threshold,
-    unchanged otherwise (a difference of exactly the threshold, float noise aside, is unchanged). Counts and row ids:
-    regressed worst first, improved best first, unchanged in row order; ties keep row order."""
-    if not (len(ref_values) == len(model_values) == len(ids)):
-        raise ValueError(f"{len(ref_values)} reference values, {len(model_values)} model values, {len(ids)} ids")
-    if not threshold >= 0:
-        raise ValueError(f"threshold must be >= 0, not {threshold}")
-    differences = [float(m) - float(r) for r, m in zip(ref_values, model_values)]
-    limit = threshold + FLOAT_NOISE
-    order = sorted(range(len(ids)), key=lambda i: differences[i])
-    regressed = [ids[i] for i in order if differences[i] < -limit]
-    improved = [ids[i] for i in sorted(range(len(ids)), key=lambda i: -differences[i]) if differences[i] > limit]
-    unchanged = [ids[i] for i in range(len(ids)) if -limit <= differences[i] <= limit]
-    return {"threshold": threshold, **{name: {"count": len(bucket), "ids": bucket} for name, bucket in
-                                        (("regressed", regressed), ("improved", improved), ("unchanged", unchanged))}}
 
 
 def render_html(report: dict, rows: dict[str, list[dict]], per_example: dict[str, dict[str, Sequence[float]]], *,
                 diff_metric: str | None = None, regression_threshold: float | None = None,
                 min_type_rows: int = MIN_TYPE_ROWS) -> str:
-    """report.html for a report.json (`report`), its prediction rows per model (as eval.score.read_predictions
+    """report.html for a report.json (`report`), its prediction rows per model (as eval.predictions.read_predictions
     gives them: id, input, reference, prediction; aligned across models) and per-example scores
     {metric: {model: one value per row}}; rows regress by `diff_metric` beyond `regression_threshold` (default:
-    those of the report's regressions block, else rougeL and 0.05), and question types with fewer than
+    those of the report's regressions block, else rougeL and REGRESSION_THRESHOLD), and question types with fewer than
     `min_type_rows` rows are marked too few to judge. The sections of the blocks a report lacks are left out."""
     counted = next(iter((report.get("regressions") or {}).values()), {})
     diff_metric = diff_metric or counted.get("metric", "rougeL")
-    regression_threshold = counted.get("threshold", 0.05) if regression_threshold is None else regression_threshold
+    regression_threshold = (counted.get("threshold", REGRESSION_THRESHOLD) if regression_threshold is None
+                            else regression_threshold)
     reference = report["reference"]
     models = [m for m in compared_models(report) if m in rows]
     if diff_metric not in per_example:
@@ -107,44 +89,54 @@ def render_compare_html(comparison: dict, worst: int = 20) -> str:
     """compare.html from plain data (eval/compare.py builds it):
         passed: bool; model: the model compared; baseline, candidate: {"path", "created_at", "commit", "rows",
           optionally "warnings" (the report's, schema 3.1: shown as a banner, the candidate's first)};
-        checks: [dataclasses.asdict(Check)]: kind, metric, baseline, candidate, limit, ok, rule, interval ([lo, hi]
-          or None); notes: [str];
+        checks: [dataclasses.asdict(Check)]: kind, metric, baseline, candidate, limit (None: an improvement
+          check), ok, rule, interval ([lo, hi] or None), optionally sensitivity (None, or {"standard_error",
+          "detectable", "visible"}); notes: [str]; optionally failures: [str] (what failed) and power_warnings:
+          [str] (the limits below what the rows detect);
         regression: None, or {"metric": name, **regression_buckets(baseline values, candidate values, t, ids)};
         rows: {id: {"input", "reference", "baseline", "candidate", "baseline_score", "candidate_score"}} for at
           least the `worst` first regressed ids;
         optionally type_checks: [dataclasses.asdict(TypeCheck)]: label, rows, metric, baseline, candidate, limit,
-          ok, judged (False: fewer rows than min_type_rows, not gated), rule, interval; and min_type_rows.
+          ok, judged (False: fewer rows than min_type_rows, not gated), rule, interval, sensitivity; and
+          min_type_rows.
     """
     verdict = "PASSED" if comparison["passed"] else "FAILED"
     sides = [(which, f"{esc(side['path'])} · {side['rows']} rows · {esc(side['created_at'])} · commit "
                      f"<code>{esc((side.get('commit') or 'unknown')[:12])}</code>")
              for which, side in (("baseline", comparison["baseline"]), ("candidate", comparison["candidate"]))]
     checks = ["<table><tr><th>check</th><th>baseline</th><th>candidate</th><th>change</th><th>95% interval</th>"
-              "<th>limit</th><th>rule</th><th>result</th></tr>"]
+              "<th>limit</th><th>se</th><th>detectable</th><th>rule</th><th>result</th></tr>"]
     for c in comparison["checks"]:
-        interval = f"[{c['interval'][0]:+.4f}, {c['interval'][1]:+.4f}]" if c.get("interval") else "n/a"
         result = "ok" if c["ok"] else ("REGRESSED" if c["kind"] == "drop" else "FAILED")
+        power = _power_cells(c.get("sensitivity")) if c["kind"] == "drop" else "<td>—</td><td>—</td>"
         checks.append(f"<tr class={'ok' if c['ok'] else 'bad'}><td>{esc(c['metric'])} "
                       f"{'drop' if c['kind'] == 'drop' else 'vs base'}</td><td>{c['baseline']:.4f}</td>"
-                      f"<td>{c['candidate']:.4f}</td><td>{c['candidate'] - c['baseline']:+.4f}</td><td>{interval}</td>"
-                      f"<td>{c['limit']:.4f}</td><td>{esc(c['rule'])}</td><td>{result}</td></tr>")
-    checks.append("</table>" + "".join(f"<p class=note>{esc(n)}</p>" for n in comparison["notes"]))
+                      f"<td>{c['candidate']:.4f}</td><td>{signed(c['candidate'] - c['baseline'])}</td>"
+                      f"<td>{_interval(c.get('interval'))}</td>"
+                      f"<td>{'—' if c['limit'] is None else format(c['limit'], '.4f')}</td>{power}"
+                      f"<td>{esc(c['rule'])}</td><td>{result}</td></tr>")
+    checks.append("</table>" + "".join(f"<p class='note bad'>limit below what the rows detect: {esc(w)}</p>"
+                                       for w in comparison.get("power_warnings", ()))
+                  + "".join(f"<p class=note>{esc(n)}</p>" for n in comparison["notes"]))
+    failures = "" if comparison["passed"] else "".join(f"<li>{esc(f)}</li>" for f in comparison.get("failures", ()))
     parts = [f"<h1>Regression gate: <span class={'ok' if comparison['passed'] else 'bad'}>{verdict}</span></h1>"
-             f"<p class=sub>model <b>{esc(comparison['model'])}</b>, candidate against baseline</p>",
+             f"<p class=sub>model <b>{esc(comparison['model'])}</b>, candidate against baseline</p>"
+             + (f"<ul class=bad id=failures>{failures}</ul>" if failures else ""),
              *(warnings_banner(comparison[which].get("warnings"), f" in the {which} report")
                for which in ("candidate", "baseline")),
              section("Reports", facts(sides)), section("Checks", "".join(checks))]
     if comparison.get("type_checks"):
         types = ["<table id=type-checks><tr><th>question type</th><th>rows</th><th>metric</th><th>baseline</th>"
-                 "<th>candidate</th><th>change</th><th>95% interval</th><th>limit</th><th>result</th></tr>"]
+                 "<th>candidate</th><th>change</th><th>95% interval</th><th>limit</th><th>se</th><th>detectable</th>"
+                 "<th>result</th></tr>"]
         for c in comparison["type_checks"]:
-            interval = f"[{c['interval'][0]:+.4f}, {c['interval'][1]:+.4f}]" if c.get("interval") else "n/a"
             result = ("ok" if c["ok"] else "REGRESSED") if c["judged"] else \
                 f"too few rows to judge (&lt; {comparison['min_type_rows']})"
             kind = ("ok" if c["ok"] else "bad") if c["judged"] else "few"
             types.append(f"<tr class={kind}><td>{esc(c['label'])}</td><td>{c['rows']}</td><td>{esc(c['metric'])}</td>"
                          f"<td>{c['baseline']:.4f}</td><td>{c['candidate']:.4f}</td>"
-                         f"<td>{c['candidate'] - c['baseline']:+.4f}</td><td>{interval}</td><td>{c['limit']:.4f}</td>"
+                         f"<td>{signed(c['candidate'] - c['baseline'])}</td><td>{_interval(c.get('interval'))}</td>"
+                         f"<td>{c['limit']:.4f}</td>{_power_cells(c.get('sensitivity'))}"
                          f"<td{' class=few' if kind == 'few' else ''}>{result}</td></tr>")
         parts.append(section(f"By question type (rule {comparison['type_checks'][0]['rule']})",
                               "".join(types) + "</table>"))
@@ -165,6 +157,18 @@ def render_compare_html(comparison: dict, worst: int = 20) -> str:
                 "</dl></article>")
         parts.append(section("Regressed rows", "".join(items)))
     return _page(f"Regression gate · {verdict}", "\n".join(filter(None, parts)), None)
+
+
+def _interval(interval) -> str:
+    return f"[{signed(interval[0])}, {signed(interval[1])}]" if interval else "n/a"
+
+
+def _power_cells(sensitivity: dict | None) -> str:
+    """The standard error of the change and the smallest drop caught, red where the limit is below it."""
+    if not sensitivity:
+        return "<td>n/a</td><td>n/a</td>"
+    return (f"<td>{sensitivity['standard_error']:.4f}</td><td{'' if sensitivity['visible'] else ' class=bad'}>"
+            f"{sensitivity['detectable']:.4f}</td>")
 
 
 BROWSER_CONTROLS = """<div class=controls>

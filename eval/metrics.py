@@ -2,7 +2,8 @@
 
     scores = ExampleScores(predictions, references, tokenize="ko-mecab")
     scores.metrics()            # every number for all rows       scores.metrics(indices)   # for a subset
-    paired_bootstrap(scores_a, scores_b, names, samples, seed)     # b minus a, resampling the same rows
+
+(What is done with the per-row values, the paired bootstrap and the gate's sensitivity, is eval/stats.py's.)
 
 A `Metric` is all the job knows of one metric: name, better direction, per-example function and reduce, range,
 and where it is shown. The report schema, report.md and .png, `run`'s summary, the model card, compare's directions
@@ -383,30 +384,3 @@ def type_groups(references: list[str]) -> dict[str, list[int]]:
     for index, label in enumerate(labels(references)):
         groups.setdefault(label or NO_LABEL, []).append(index)
     return dict(sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])))
-
-
-def paired_bootstrap(a: ExampleScores, b: ExampleScores, names: list[str] | None = None, samples: int = 1000,
-                     seed: int = 12345, rows=None) -> dict[str, dict[str, float]]:
-    """b minus a for each metric (default: those flagged delta), resampling the same row indices for both (they
-    must score the same rows); `rows`: only these rows (a question type's), resampled among themselves (default:
-    all rows).
-
-    Per metric: delta (on all rows), the 95% percentile interval of the resampled deltas, and a one-sided p-value
-    for "b is not better" (the share of resamples in which b is not better in the metric's direction, add-one
-    smoothed). Corpus metrics are recomputed from summed per-sentence sufficient statistics (as sacrebleu's own
-    paired bootstrap does), so 1,000 resamples of 10k rows take seconds.
-    """
-    if a.references != b.references:
-        raise ValueError("paired bootstrap needs both models scored on the same references")
-    names = [name for name, m in a.computed.items() if m.delta] if names is None else names
-    pool = np.arange(a.rows) if rows is None else np.asarray(rows)
-    indices = pool[np.random.default_rng(seed).integers(0, len(pool), size=(samples, len(pool)))]
-    full_a, full_b = a.metrics(pool), b.metrics(pool)
-    result = {}
-    for name in names:
-        deltas = b.resampled(name, indices) - a.resampled(name, indices)
-        low, high = np.percentile(deltas, [2.5, 97.5])
-        not_better = np.sum(deltas * (a.computed[name].direction or 1) <= 0)
-        result[name] = {"delta": full_b[name] - full_a[name], "ci95_low": float(low), "ci95_high": float(high),
-                        "p_value": float((not_better + 1) / (samples + 1))}
-    return result

@@ -2,8 +2,9 @@
 
     rows = pair(baseline_predictions, candidate_predictions, "tuned", ["rougeL", "bleu"], tokenize="ko-mecab")
     rows.intervals(["rougeL"], samples, seed)                 # candidate minus baseline, 95% paired bootstrap
-    rows.by_type(["rougeL"], [], samples, seed)              # per question type: both values and that interval
-    rows.regressions(0.05)                                    # eval.html.regression_buckets of per-row ROUGE-L
+    rows.sensitivities({"rougeL": 0.01}, samples, seed)       # the change's standard error, the drop it catches
+    rows.by_type({"rougeL": 0.05}, [], samples, seed)         # per question type: both values, interval, sensitivity
+    rows.regressions(0.05)                                    # eval.stats.regression_buckets of per-row ROUGE-L
 
 Each side is scored once per row (eval.metrics.ExampleScores); a question type's numbers reduce its rows' values,
 exactly as the score stage's per-type table does, so a metric that looks at every row (the labels the references
@@ -15,24 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval import metrics
-from eval.html import regression_buckets
-from eval.score import read_predictions
+from eval import metrics, stats
+from eval.predictions import read_predictions
 from pipeline.errors import DataError
-from pipeline.identity import file_sha256
 
 DIFFERENCE_METRIC = "rougeL"  # the per-row change that sorts rows into regressed / improved / unchanged
-
-
-def predictions_of(report: dict, report_path: Path, given: Path | None) -> Path | None:
-    """The report's predictions.jsonl: `given`, or where the report says (relative to the report), if its hash
-    still matches; None when it is not there."""
-    path = Path(given) if given else Path(report_path).parent / report["predictions"]["path"]
-    if not path.is_file():
-        return None
-    if file_sha256(path) != report["predictions"]["sha256"]:
-        raise DataError(f"{path} is not the predictions file {report_path} was scored from (its sha256 differs)")
-    return path
 
 
 @dataclass
@@ -57,24 +45,36 @@ class PairedRows:
 
     def intervals(self, names: list[str], samples: int, seed: int, rows: list[int] | None = None) -> dict:
         """Candidate minus baseline per metric, with its 95% paired-bootstrap interval, over `rows` (default: all)."""
-        return metrics.paired_bootstrap(*self.scores, names, samples, seed, rows=rows) if names else {}
+        return stats.paired_bootstrap(*self.scores, names, samples, seed, rows=rows) if names else {}
 
-    def by_type(self, names: list[str], unpairable: list[str], samples: int, seed: int) -> list[tuple[str, int, dict]]:
-        """Per question type: (label, rows, {metric: (baseline, candidate, 95% interval of the change)}), the
-        interval resampling that type's rows alone (None for the metrics in `unpairable`)."""
+    def sensitivities(self, limits: dict[str, float], samples: int, seed: int,
+                      rows: list[int] | None = None) -> dict[str, stats.Sensitivity]:
+        """Per metric: what a gate with its limit sees over `rows` (default: all): the standard error of the
+        candidate-minus-baseline change, the smallest drop caught, the rows the limit needs (eval/stats.py)."""
+        count = len(self.ids) if rows is None else len(rows)
+        return {name: stats.Sensitivity(count, stats.standard_error(*self.scores, name, samples, seed, rows), limit)
+                for name, limit in limits.items()}
+
+    def by_type(self, limits: dict[str, float], unpairable: list[str], samples: int,
+                seed: int) -> list[tuple[str, int, dict]]:
+        """Per question type: (label, rows, {metric: (baseline, candidate, 95% interval of the change,
+        sensitivity)}), the interval and sensitivity resampling that type's rows alone (no interval for the metrics
+        in `unpairable`)."""
         found = []
         for label, rows in self.types().items():
+            names = list(limits)
             before, after = self.values(names, rows)
             intervals = self.intervals([n for n in names if n not in unpairable], samples, seed, rows)
+            sensitivities = self.sensitivities(limits, samples, seed, rows)
             found.append((label, len(rows), {
                 n: (before[n], after[n], (intervals[n]["ci95_low"], intervals[n]["ci95_high"]) if n in intervals
-                    else None) for n in names}))
+                    else None, sensitivities[n]) for n in names}))
         return found
 
     def regressions(self, threshold: float) -> dict:
         """The rows whose per-row ROUGE-L fell (rose) by more than `threshold`, worst (best) first."""
         before, after = (scores.values[DIFFERENCE_METRIC] for scores in self.scores)
-        return {"metric": DIFFERENCE_METRIC, **regression_buckets(before, after, threshold, self.ids)}
+        return {"metric": DIFFERENCE_METRIC, **stats.regression_buckets(before, after, threshold, self.ids)}
 
     def shown(self, ids: list[str]) -> dict[str, dict]:
         """Rows `ids` as compare.html and the summary show them: input, reference, both outputs and scores."""
@@ -87,10 +87,12 @@ class PairedRows:
 
 
 def pair(baseline_predictions: Path, candidate_predictions: Path, model: str, names: list[str],
-         tokenize: str) -> PairedRows:
-    """`model`'s rows of both files matched by id (DataError unless both hold the same ids), each side scored on
-    the metrics `names` and ROUGE-L."""
-    rows = [read_predictions(path)[model] for path in (baseline_predictions, candidate_predictions)]
+         tokenize: str, baseline_model: str | None = None) -> PairedRows:
+    """`model`'s rows of both files (on the baseline side `baseline_model`'s, default the same model: `gate plan`
+    pairs a report's tuned model with its base) matched by id (DataError unless both hold the same ids), each side
+    scored on the metrics `names` and ROUGE-L."""
+    rows = [read_predictions(path)[which] for path, which in ((baseline_predictions, baseline_model or model),
+                                                              (candidate_predictions, model))]
     by_id = {row["id"]: row for row in rows[0]}
     if sorted(by_id) != sorted(row["id"] for row in rows[1]):
         raise DataError(f"{baseline_predictions} and {candidate_predictions} do not hold the same rows of {model}")

@@ -10,11 +10,10 @@ A block a report lacks (a 3.0 report has no "sanity", "warnings", "types", "regr
 
 from __future__ import annotations
 
+from eval.gate_spec import MIN_TYPE_ROWS
 from eval.metrics import NO_LABEL
 
 MISSING = "—"  # in a table: a metric the report lacks (made by another version, or not enabled there)
-# compare's --min-type-rows default: a question type with fewer rows is shown, marked "too few rows to judge".
-MIN_TYPE_ROWS = 30
 # English names for the plot (matplotlib's default font has no Hangul); unknown labels become "type N".
 TYPE_NAMES = {"의미 명확히 하기": "clarity", "가정 살펴보기": "assumptions", "이유와 근거 묻기": "reasons/evidence",
               "함의와 결과 따져보기": "implications", "다른 관점 생각하기": "alt. viewpoints"}
@@ -36,7 +35,14 @@ def cell(values: dict, name: str, spec: str = ".4f") -> str:
 
 def change(before: dict, after: dict, name: str) -> str:
     """after minus before, as the tables show it; MISSING unless both have the metric."""
-    return f"{after[name] - before[name]:+.4f}" if name in before and name in after else MISSING
+    return signed(after[name] - before[name]) if name in before and name in after else MISSING
+
+
+def signed(value: float) -> str:
+    """A change as the tables show it, with its sign; a change that rounds to zero is +0.0000, never -0.0000 (the
+    sign of float noise: semantic's -0.00000001)."""
+    text = f"{value:+.4f}"
+    return "+0.0000" if text == "-0.0000" else text
 
 
 def plot_names(labels: list[str]) -> dict[str, str]:

@@ -4,6 +4,7 @@
                                                                      constant, empty, looping, unlabeled outputs
     warnings(sanity_block, reference_model, identical_limit)      -> what every report format shouts about
     types(predictions, references)                                -> type accuracy next to what guessing scores
+    type_warnings(types_block, rows, reference_model)             -> type scores that cannot pass for skill
     regressions(per_example, ids, reference_model, threshold)     -> rows that got worse / better / neither
     per_type_deltas(scores, reference_model, samples, seed)       -> each type's paired-bootstrap deltas
 
@@ -18,8 +19,7 @@ from collections import Counter
 
 import numpy as np
 
-from eval import metrics
-from eval.html import regression_buckets
+from eval import metrics, stats
 from pipeline.text import normalize
 
 # A warning when at least this share of a model's outputs is one text repeated over different inputs: the model
@@ -73,6 +73,50 @@ def warnings(sanity_block: dict[str, dict], reference_model: str, identical_limi
     return found
 
 
+# Type collapse: one predicted type on at least half the way from the references' largest share to every row,
+# (1 + largest) / 2. Then at least half of the rows whose reference is another type got that one type: no honest
+# spread of guesses does that, and sampling noise cannot (at 30 rows and a largest type of 30%, the threshold 65%
+# is four standard errors of a share above it).
+def collapse_limit(largest_share: float) -> float:
+    return (1 + largest_share) / 2
+
+
+def type_warnings(types_block: dict, rows: int, reference_model: str) -> list[dict]:
+    """A warning per model that writes type labels (a model that writes none has no type score to mistake) when
+    its type accuracy is not above the majority baseline by more than its own 95% interval (the Wilson interval's
+    lower end is at or below the baseline: always answering the most frequent type would do as well), and when one
+    predicted type covers at least collapse_limit() of the rows (type collapse). Against a reference model that
+    writes no labels, the accuracy warning says what the model's delta then measures."""
+    found = []
+    majority, labels = types_block["majority_baseline"], set(types_block["labels"])
+    reference_labels = types_block["models"].get(reference_model, {}).get("predicted_distribution", {})
+    reference_writes_none = not any(label in labels for label in reference_labels)
+    limit = collapse_limit(majority)
+    for model, values in types_block["models"].items():
+        predicted = {label: n for label, n in values["predicted_distribution"].items() if label != metrics.NO_LABEL}
+        if not predicted or not rows:
+            continue
+        accuracy = values["accuracy"]
+        low, high = stats.wilson_interval(round(accuracy * rows), rows)
+        if low <= majority:
+            caveat = (f"; its type_accuracy delta against {reference_model}, which writes no type labels, measures "
+                      "that it writes labels, not that it picks the right ones" if model != reference_model and
+                      reference_writes_none else "")
+            found.append({"model": model, "kind": "type_accuracy_at_majority", "value": accuracy,
+                          "limit": min(1.0, majority + accuracy - low),
+                          "message": f"{model}: type accuracy {accuracy:.3f} (95% interval {low:.3f} to {high:.3f}) "
+                                     f"is not above the majority baseline {majority:.3f} (always answering "
+                                     f"{types_block['majority_label']!r}) by more than its interval: not evidence "
+                                     f"of type skill{caveat}"})
+        top, count = max(predicted.items(), key=lambda item: (item[1], item[0]))
+        if count / rows >= limit:
+            found.append({"model": model, "kind": "type_collapse", "value": count / rows, "limit": limit,
+                          "message": f"{model}: {count / rows:.0%} of its outputs are labelled {top!r} where the "
+                                     f"references' largest type is {majority:.0%} of rows (>= {limit:.0%}, half the "
+                                     "way to every row): its types collapsed to one"})
+    return found
+
+
 def types(predictions: dict[str, list[str]], references: list[str]) -> dict:
     """Type accuracy with what it must beat: always answering the references' most frequent type (majority
     baseline), uniform guessing among their types (chance), and macro-F1 (each type's F1 weighs the same, so
@@ -97,8 +141,8 @@ def types(predictions: dict[str, list[str]], references: list[str]) -> dict:
 def regressions(per_example: dict[str, np.ndarray], ids: list[str], reference_model: str, threshold: float,
                 metric: str = "rougeL") -> dict[str, dict]:
     """Per model but the reference: its rows by the change of `metric` (per example) against the reference model's
-    beyond +-threshold (eval.html.regression_buckets: regressed worst first, improved best first)."""
-    return {model: {"metric": metric, **regression_buckets(per_example[reference_model], values, threshold, ids)}
+    beyond +-threshold (eval.stats.regression_buckets: regressed worst first, improved best first)."""
+    return {model: {"metric": metric, **stats.regression_buckets(per_example[reference_model], values, threshold, ids)}
             for model, values in per_example.items() if model != reference_model}
 
 
@@ -110,7 +154,7 @@ def per_type_deltas(scores: dict[str, metrics.ExampleScores], reference_model: s
     reference = scores[reference_model]
     names = [name for name, m in reference.computed.items() if m.delta and m.per_type]
     groups = metrics.type_groups(reference.references)
-    return {model: {label: {"rows": len(rows), **metrics.paired_bootstrap(reference, model_scores, names, samples,
+    return {model: {label: {"rows": len(rows), **stats.paired_bootstrap(reference, model_scores, names, samples,
                                                                           seed, rows=rows)}
                     for label, rows in groups.items()}
             for model, model_scores in scores.items() if model != reference_model}

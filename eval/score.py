@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import metrics, sanity, semantic
+from eval import metrics, sanity, semantic, stats
+from eval.predictions import read_predictions
 from eval.report import METRIC_SETTINGS_VERSION, SCHEMA_VERSION, write_report
 from pipeline import data, identity, sources, tracking
 from pipeline.config import CHECKPOINT_NAME, Config, to_dict
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError
 from pipeline.stage import check_up_to_date, inputs_hash, stage_inputs
 
 log = logging.getLogger(__name__)
@@ -65,13 +66,15 @@ def score(cfg: Config, output_dir: Path) -> Path:
               for name, model_rows in rows.items()}
     per_model = {name: s.metrics() for name, s in scores.items()}
     reference = scores[cfg.score.reference]
-    deltas = {name: metrics.paired_bootstrap(reference, s, None, cfg.score.bootstrap_samples, cfg.score.seed)
+    deltas = {name: stats.paired_bootstrap(reference, s, None, cfg.score.bootstrap_samples, cfg.score.seed)
               for name, s in scores.items() if name != cfg.score.reference}
     shown = [n for n in names if not CHECKPOINT_NAME.fullmatch(n)]
     compared = [n for n in names if n in shown or n == cfg.score.reference]  # the sanity blocks' models
     sanity_block = sanity.sanity({n: predictions[n] for n in compared}, references, cfg.score.reference,
                                  cfg.score.tokenize)
-    warnings = sanity.warnings(sanity_block, cfg.score.reference, cfg.score.identical_warning)
+    types_block = sanity.types({n: predictions[n] for n in compared}, references)
+    warnings = (sanity.warnings(sanity_block, cfg.score.reference, cfg.score.identical_warning)
+                + sanity.type_warnings(types_block, len(references), cfg.score.reference))
     picks = sorted(set(np.linspace(0, len(references) - 1, num=min(cfg.score.num_examples, len(references)))
                        .round().astype(int)))
     report = {
@@ -102,7 +105,7 @@ def score(cfg: Config, output_dir: Path) -> Path:
         "semantic": semantic_block,
         "sanity": sanity_block,
         "warnings": warnings,
-        "types": sanity.types({n: predictions[n] for n in compared}, references),
+        "types": types_block,
         "regressions": sanity.regressions({n: scores[n].values["rougeL"] for n in compared},
                                           [r["id"] for r in rows["base"]], cfg.score.reference,
                                           cfg.score.regression_threshold),
@@ -165,26 +168,6 @@ def checkpoint_points(cfg: Config, names: list[str], per_model: dict, train_summ
     shown = [m.name for m in metrics.flagged("checkpoint")]
     return [{"step": step, "model": name, **{k: per_model[name][k] for k in shown if k in per_model[name]}}
             for step, name in sorted(points)]
-
-
-def read_predictions(path: Path) -> dict[str, list[dict]]:
-    """Rows per model (base first, then the file's order), each model's rows aligned with base's by id."""
-    if not path.is_file():
-        raise ConfigError(f"no predictions in {path}: run the generate stage first")
-    by_model: dict[str, list[dict]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            row = json.loads(line)
-            by_model.setdefault(row["model"], []).append(row)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f"{path} line {number} is not a prediction row") from None
-    if "base" not in by_model:
-        raise DataError(f"{path} has no base-model rows; rerun generate")
-    ids = [r["id"] for r in by_model["base"]]
-    for name, model_rows in by_model.items():
-        if [r["id"] for r in model_rows] != ids:
-            raise DataError(f"{path}: model {name!r} does not cover the same rows as base; rerun generate")
-    return {"base": by_model.pop("base"), **by_model}
 
 
 def score_inputs(cfg: Config, output_dir: Path, predictions_path: Path) -> dict:

@@ -8,7 +8,7 @@ by hand so that every 3.1 block has something to show:
   what base does), differs from base on two rows only (cut in half): its identical_to_reference share (58/60) crosses the
   warning limit;
 - the report's numbers are then computed from those rows with the project's own functions (eval.metrics, the
-  paired bootstrap, eval.html.regression_buckets, eval.semantic.plan), and the blocks eval/metrics.py has no
+  paired bootstrap, eval.stats.regression_buckets, eval.semantic.plan), and the blocks eval/metrics.py has no
   function for (sanity, types) from the contract's definitions, written out below.
 Every question type of 60 rows is under compare's default --min-type-rows (30); the demo renders with
 MIN_TYPE_ROWS = 10 instead, so that two types (9 and 7 rows) are marked too few to judge and three are not.
@@ -23,10 +23,10 @@ from collections import Counter
 
 from conftest import ROOT
 from eval import metrics
-from eval.html import regression_buckets
 from eval.report_view import NO_LABEL
-from eval.score import read_predictions
+from eval.predictions import read_predictions
 from eval.semantic import plan
+from eval.stats import paired_bootstrap, regression_buckets
 from pipeline.text import split_label
 
 MIN_TYPE_ROWS = 10
@@ -73,7 +73,7 @@ def _demo():
         example["predictions"]["untrained"] = outputs["untrained"][ids.index(example["id"])]
     types = types_block(references, outputs)
     report["metrics"] = {m: {**scores[m].metrics(), "type_macro_f1": types["models"][m]["macro_f1"]} for m in models}
-    report["deltas"] = {m: metrics.paired_bootstrap(scores[reference], scores[m], samples=samples, seed=seed)
+    report["deltas"] = {m: paired_bootstrap(scores[reference], scores[m], samples=samples, seed=seed)
                         for m in others}
     report["per_type"] = {m: metrics.per_type(scores[m]) for m in models}
     semantic = plan({m: outputs[m] for m in models}, references, enabled=False)
@@ -92,7 +92,7 @@ def _demo():
     report["types"] = types
     report["regressions"] = {m: {"metric": "rougeL", **regression_buckets(
         scores[reference].values["rougeL"], scores[m].values["rougeL"], THRESHOLD, ids)} for m in others}
-    report["per_type_deltas"] = {m: {label: {"rows": len(indices), **metrics.paired_bootstrap(
+    report["per_type_deltas"] = {m: {label: {"rows": len(indices), **paired_bootstrap(
         scores[reference], scores[m], paired_per_type, samples, seed, rows=indices)}
         for label, indices in by_type.items()} for m in others}
     per_example = {name: {m: scores[m].values[name].tolist() for m in models} for name in SHOWN_PER_EXAMPLE}

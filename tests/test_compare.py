@@ -8,15 +8,17 @@ ROUGE-L 1, an empty output 0.
 
 import hashlib
 import json
+import math
 import random
 import re
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, korean_rows
 from entrypoint import main
-from eval import compare as compare_module
-from eval import metrics
+from eval import metrics, report_reader, stats
+from eval.report_view import signed
 from test_report import scored_run
 
 # 100 test rows over five question types of very different sizes (as the real split's range from 35% to < 1%).
@@ -106,7 +108,7 @@ def test_the_interval_of_a_type_resamples_its_rows_alone(reports, capsys, rule):
     a, b = (metrics.ExampleScores([tuned(i, ROWS[i]["target"]) for i in rows], references)
             for tuned in (baseline_tuned, candidate_one_type))
     settings = json.loads(reports["one_type"].read_text(encoding="utf-8"))["config"]["score"]
-    alone = metrics.paired_bootstrap(a, b, ["rougeL"], settings["bootstrap_samples"], settings["seed"])["rougeL"]
+    alone = stats.paired_bootstrap(a, b, ["rougeL"], settings["bootstrap_samples"], settings["seed"])["rougeL"]
     assert alone["ci95_high"] < 0 and f"[{alone['ci95_low']:+.4f}, {alone['ci95_high']:+.4f}]" in line
     assert line.endswith("REGRESSED")
 
@@ -188,6 +190,81 @@ def test_exit_codes_through_the_command_line(reports, capsys):
     assert "unknown metric 'bleurt'" in capsys.readouterr().err
 
 
+# --- sensitivity and the verdict line ---------------------------------------------------------------------------
+
+def small_type_sensitivity(limit: float) -> tuple[float, float, int]:
+    """The closed form for candidate small_type against the baseline: per-row ROUGE-L changes of -1 on the small
+    type's 3 rows (right in the baseline, empty in the candidate) and 0 on the other 97, a known standard deviation;
+    the standard error sd / sqrt(100), the detectable drop 2.487 of them, and the rows `limit` needs."""
+    changes = np.zeros(len(ROWS))
+    changes[ROWS_OF[SMALL]] = -1.0
+    error = changes.std(ddof=1) / math.sqrt(len(ROWS))
+    return error, 2.487 * error, math.ceil(len(ROWS) * (2.487 * error / limit) ** 2)
+
+
+def check_line(out: str, name: str) -> list[str]:
+    return next(line for line in out.splitlines() if line.startswith(name)).split()
+
+
+def test_the_sensitivity_matches_the_closed_form_and_a_limit_below_it_warns(reports, capsys):
+    error, detectable, needed = small_type_sensitivity(0.01)
+    known = math.sqrt(0.03 * 0.97) / math.sqrt(100)  # the population sd of the changes, sqrt(p (1 - p))
+    assert gate(reports["baseline"], reports["small_type"], "--max-drop", "rougeL=0.01") == 1
+    out = capsys.readouterr().out
+    cells = check_line(out, "rougeL drop")  # ..., limit, se, detectable, rule, result
+    assert cells[-5] == "0.0100" and cells[-2:] == ["point", "REGRESSED"]
+    assert float(cells[-4]) == pytest.approx(known, rel=0.05) and float(cells[-4]) == pytest.approx(error, abs=5e-5)
+    assert float(cells[-3]) == pytest.approx(2.487 * known, rel=0.05)
+    assert (f"WARNING (sensitivity): rougeL: limit 0.01 is below what these 100 rows can detect ({detectable:.3f}); "
+            f"about {needed:,} rows would") in out
+    assert out.splitlines()[-1] == "FAILED: rougeL drop REGRESSED"  # the verdict, last
+    # a limit at or above the detectable drop: no warning, and the verdict line on a pass
+    assert gate(reports["baseline"], reports["small_type"], "--max-drop", "rougeL=0.05") == 0
+    out = capsys.readouterr().out
+    assert "WARNING (sensitivity)" not in out and out.splitlines()[-1] == "PASSED"
+
+
+def test_require_power_exits_2_only_for_a_limit_below_the_detectable_drop(reports, capsys):
+    _, detectable, needed = small_type_sensitivity(0.01)
+    assert gate(reports["baseline"], reports["small_type"], "--max-drop", "rougeL=0.01", "--require-power") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--require-power: rougeL: limit 0.01" in err and f"about {needed:,} rows" in err
+    # at 0.05 (above 0.042) the gate is powered: the verdict decides, as without the flag
+    assert gate(reports["baseline"], reports["small_type"], "--max-drop", "rougeL=0.05", "--require-power") == 0
+    assert gate(reports["baseline"], reports["small_type"], "--max-drop", "rougeL=0.02") == 1  # a drop of 0.03
+    assert gate(reports["baseline"], reports["small_type"], "--max-drop", "rougeL=0.045", "--require-power") == 0
+    capsys.readouterr()
+
+
+def test_every_format_says_the_verdict_and_the_sensitivity(reports, tmp_path, capsys):
+    _, detectable, needed = small_type_sensitivity(0.01)
+    path = tmp_path / "compare.html"
+    assert gate(reports["baseline"], reports["small_type"], "--max-drop", "rougeL=0.01", "--format", "markdown",
+                "--html", str(path)) == 1
+    captured = capsys.readouterr()
+    assert "error:" not in captured.err  # a failed gate is a verdict, not an error
+    lines = captured.out.splitlines()
+    assert lines[-1] == "**FAILED**: rougeL drop REGRESSED"
+    assert f"- WARNING (sensitivity): rougeL: limit 0.01 is below what these 100 rows can detect ({detectable:.3f})" \
+        in captured.out
+    header = next(line for line in lines if line.startswith("| check |"))
+    assert "| limit | se | detectable | rule | result |" in header
+    page = path.read_text(encoding="utf-8")
+    assert "<th>detectable</th>" in page and f"about {needed:,} rows would" in page
+    assert "<li>rougeL drop REGRESSED</li>" in page
+
+
+def test_an_improvement_check_has_no_limit_and_its_p_value_is_its_rule(reports, capsys):
+    assert gate(reports["baseline"], reports["baseline"], "--max-drop", "rougeL=0.05", "--require-improvement") == 0
+    line = " ".join(check_line(capsys.readouterr().out, "rougeL vs base"))
+    assert "0.0500" not in line and " — — — better than base: p " in line and "(< 0.05 needed)" in line
+
+
+def test_a_change_that_rounds_to_zero_has_one_sign():
+    assert [signed(v) for v in (-1e-9, 0.0, -0.0, 1e-9, -0.00005, 0.25)] == [
+        "+0.0000", "+0.0000", "+0.0000", "+0.0000", "-0.0001", "+0.2500"]
+
+
 # --- schema versions --------------------------------------------------------------------------------------------
 
 # The top-level keys of a schema 3.0 report (its schema's "required"): a 3.0 report has these and nothing else.
@@ -238,8 +315,8 @@ def test_a_3_0_baseline_compares_with_a_3_1_candidate(reports, capsys):
 
 
 def test_the_committed_baseline_report_is_readable(capsys):
-    assert compare_module.load_report(ROOT / "examples" / "baseline-report.json")["schema_version"] in (
-        compare_module.READABLE_VERSIONS)
+    assert report_reader.load_report(ROOT / "examples" / "baseline-report.json")["schema_version"] in (
+        report_reader.READABLE_VERSIONS)
     baseline = ROOT / "examples" / "baseline-report.json"
     assert gate(baseline, baseline, "--max-drop", "rougeL=0", "--max-drop-per-type", "rougeL=0", "--min-type-rows",
                 "10", "--baseline-predictions", str(ROOT / "examples" / "baseline-predictions.jsonl")) == 0

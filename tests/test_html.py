@@ -20,8 +20,9 @@ import demo_report
 from conftest import ROOT
 from eval import metrics
 from eval.compare import Check
-from eval.html import regression_buckets, render_compare_html, render_html
-from eval.score import read_predictions
+from eval.html import render_compare_html, render_html
+from eval.predictions import read_predictions
+from eval.stats import regression_buckets
 from pipeline.text import split_label
 
 THRESHOLD = 0.05

@@ -11,7 +11,7 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import CHRF
 
 from conftest import ROOT
-from eval import metrics
+from eval import metrics, stats
 from pipeline.text import split_label
 
 PAIRS = [  # (prediction, reference): related but not identical Korean questions
@@ -193,7 +193,7 @@ def test_the_committed_baseline_report_is_recomputed_to_the_last_digit():
     samples, seed = report["config"]["score"]["bootstrap_samples"], report["config"]["score"]["seed"]
     # the deltas the report has (metrics added since are not in it)
     deltas = recomputed(report["deltas"]["tuned"])
-    assert metrics.paired_bootstrap(scored["base"], scored["tuned"], list(deltas), samples, seed) == deltas
+    assert stats.paired_bootstrap(scored["base"], scored["tuned"], list(deltas), samples, seed) == deltas
 
 
 def test_paired_bootstrap_is_seeded_and_finds_a_real_improvement():
@@ -201,20 +201,20 @@ def test_paired_bootstrap_is_seeded_and_finds_a_real_improvement():
     base = metrics.ExampleScores(PREDICTIONS * 10, references)
     better = metrics.ExampleScores([r if i % 2 else p for i, (p, r) in enumerate(zip(PREDICTIONS * 10, references))],
                                    references)
-    result = metrics.paired_bootstrap(base, better, samples=200, seed=7)
-    assert result == metrics.paired_bootstrap(base, better, samples=200, seed=7)
+    result = stats.paired_bootstrap(base, better, samples=200, seed=7)
+    assert result == stats.paired_bootstrap(base, better, samples=200, seed=7)
     for name in ("bleu", "chrf", "rougeL"):
         d = result[name]
         assert d["delta"] == pytest.approx(better.metrics()[name] - base.metrics()[name])  # on all rows
         assert d["delta"] > 0 and d["ci95_low"] > 0 and d["p_value"] < 0.05
         assert d["ci95_low"] <= d["delta"] <= d["ci95_high"]
-    tie = metrics.paired_bootstrap(base, base, samples=200)
+    tie = stats.paired_bootstrap(base, base, samples=200)
     assert tie["rougeL"]["delta"] == 0 and tie["rougeL"]["p_value"] == 1.0
     # a lower-is-better metric: fewer empty predictions is the improvement
     empty = metrics.ExampleScores([""] * 20 + PREDICTIONS * 5, references)
-    d = metrics.paired_bootstrap(empty, base, names=("empty_rate",), samples=200)["empty_rate"]
+    d = stats.paired_bootstrap(empty, base, names=("empty_rate",), samples=200)["empty_rate"]
     assert d["delta"] == pytest.approx(-0.5) and d["ci95_high"] < 0 and d["p_value"] < 0.05
-    assert np.isclose(metrics.paired_bootstrap(base, empty, names=("empty_rate",), samples=200)["empty_rate"]
+    assert np.isclose(stats.paired_bootstrap(base, empty, names=("empty_rate",), samples=200)["empty_rate"]
                       ["p_value"], 1.0)
 
 
@@ -254,7 +254,7 @@ def test_type_macro_f1_paired_bootstrap_recomputes_it_per_resample():
     references = ["(A) 가?", "(A) 가?", "(B) 가?", "(B) 가?"] * 5
     right = metrics.ExampleScores(references, references)
     wrong = metrics.ExampleScores(["(A) 가?"] * 20, references)
-    delta = metrics.paired_bootstrap(wrong, right, ["type_macro_f1"], samples=200)["type_macro_f1"]
+    delta = stats.paired_bootstrap(wrong, right, ["type_macro_f1"], samples=200)["type_macro_f1"]
     assert delta["delta"] == pytest.approx(1 - (2 * 10 / 30) / 2)  # wrong: A's F1 20/30, B's 0
     assert delta["ci95_low"] > 0 and delta["p_value"] < 0.05
 

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 
 from demo_report import MIN_TYPE_ROWS, demo
-from eval.compare import ADDED_IN_3_1
+from eval.report_reader import ADDED_IN_3_1
 from eval.html import render_compare_html, render_html
 from eval.report_png import figure, write_png
 from eval.report_view import distribution

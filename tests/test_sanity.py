@@ -16,9 +16,9 @@ import pytest
 
 from conftest import ROOT, character_embedder, korean_rows
 from entrypoint import main
-from eval import metrics, sanity, semantic
+from eval import metrics, sanity, semantic, stats
 from eval import report as report_module
-from eval.compare import ADDED_IN_3_1
+from eval.report_reader import ADDED_IN_3_1
 from eval.report import markdown, summary_table
 from test_report import N, config_for, read, scored_run
 
@@ -77,7 +77,7 @@ def test_per_type_deltas_resample_each_types_rows():
     deltas = sanity.per_type_deltas({"base": base, "tuned": tuned}, "base", samples=200, seed=1)
     assert set(deltas) == {"tuned"} and list(deltas["tuned"]) == ["A", "B"]
     assert deltas["tuned"]["A"]["rows"] == 6 and deltas["tuned"]["B"]["rows"] == 2
-    alone = metrics.paired_bootstrap(metrics.ExampleScores(["다른 말?"] * 6, references[:6]),
+    alone = stats.paired_bootstrap(metrics.ExampleScores(["다른 말?"] * 6, references[:6]),
                                      metrics.ExampleScores(references[:6], references[:6]), ["rougeL"], 200, 1)
     assert deltas["tuned"]["A"]["rougeL"] == alone["rougeL"]
     assert deltas["tuned"]["B"]["rougeL"]["delta"] == 0.0
@@ -161,6 +161,64 @@ def test_always_the_majority_type_scores_the_majority_baseline_and_the_macro_f1_
     assert "| tuned | 0.500 | 0.167 | 0.500 | 0.250 |" in md
     assert f"| {majority} | 20 | 0 | 40 |" in md  # rows of the type: references, base, tuned
     assert "too few rows to judge" in md  # every type has fewer than 30 rows
+    # and it cannot pass for skill: at the majority baseline, and every row one type (100% >= (1 + 50%) / 2)
+    warnings = read(report_path)["warnings"]
+    assert [(w["model"], w["kind"]) for w in warnings] == [("tuned", "type_accuracy_at_majority"),
+                                                           ("tuned", "type_collapse")]
+    assert warnings[1]["value"] == 1.0 and warnings[1]["limit"] == 0.75
+    assert "which writes no type labels" in warnings[0]["message"]  # the delta against a base without labels
+    assert all(w["message"] in md.splitlines()[2] for w in warnings)  # report.md's warnings line
+    assert summary_table(read(report_path)).splitlines()[:2] == [f"WARNING: {w['message']}" for w in warnings]
+    args = ["compare", "--baseline", str(report_path), "--candidate", str(report_path), "--max-drop", "rougeL=0"]
+    assert main(args) == 0 and main([*args, "--fail-on-warnings"]) == 1
+    allowed = ["--allow-warning", "type_collapse,type_accuracy_at_majority"]
+    assert main([*args, "--fail-on-warnings", *allowed]) == 0  # shown, not gated
+    assert main([*args, "--fail-on-warnings", "--allow-warning", "type_collapse"]) == 1  # the other still fails
+    assert main([*args, "--allow-warning", "typo"]) == 2
+
+
+def type_texts(counts: dict[str, int]) -> list[str]:
+    return [f"({label}) 무엇인가요?" for label, n in counts.items() for _ in range(n)]
+
+
+def test_type_scores_that_cannot_pass_for_skill_warn():
+    """100 references: 30 A, 25 B, 25 C, 20 D. Always A: accuracy 0.30, the majority baseline. 90 rows A (the 30
+    A rows right, 10 more right of B): accuracy 0.40, but one type on 90% of rows >= (1 + 30%) / 2 = 65%."""
+    references = type_texts({"A": 30, "B": 25, "C": 25, "D": 20})
+    majority = ["(A) 무엇인가요?"] * 100
+    collapsed = ["(A) 무엇인가요?"] * 30 + type_texts({"B": 10}) + ["(A) 무엇인가요?"] * 60
+    block = sanity.types({"base": ["무엇인가요?"] * 100, "majority": majority, "collapsed": collapsed}, references)
+    assert block["majority_baseline"] == 0.3 and block["models"]["majority"]["accuracy"] == 0.3
+    assert block["models"]["collapsed"]["accuracy"] == 0.4
+    found = {(w["model"], w["kind"]): w for w in sanity.type_warnings(block, 100, "base")}
+    assert set(found) == {("majority", "type_accuracy_at_majority"), ("majority", "type_collapse"),
+                          ("collapsed", "type_collapse")}  # base writes no labels: nothing to mistake for skill
+    assert found[("collapsed", "type_collapse")]["value"] == 0.9
+    assert found[("collapsed", "type_collapse")]["limit"] == pytest.approx(0.65)
+    low, _ = stats.wilson_interval(40, 100)  # 0.309: 0.40 is above 0.30 by more than its interval
+    assert low > 0.3
+
+
+def test_a_model_clearly_above_the_baseline_with_spread_types_does_not_warn():
+    """70 of 100 right, the 30 wrong ones spread over the other types (no type on more than 40% of rows): no type
+    warning."""
+    references = type_texts({"A": 30, "B": 25, "C": 25, "D": 20})
+    right = references[:70]
+    wrong = [f"({[label for label in 'ABCD' if label != t[1]][k % 3]}) 무엇인가요?"
+             for k, t in enumerate(references[70:])]
+    block = sanity.types({"tuned": right + wrong}, references)
+    assert block["models"]["tuned"]["accuracy"] == 0.7
+    assert max(block["models"]["tuned"]["predicted_distribution"].values()) <= 40
+    assert sanity.type_warnings(block, 100, "base") == []
+
+
+def test_the_wilson_interval_by_hand():
+    """20 of 60: centre (1/3 + 1.96^2/120) / (1 + 1.96^2/60), the closed form."""
+    z, n, p = 1.96, 60, 20 / 60
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert stats.wilson_interval(20, 60) == pytest.approx((centre - half, centre + half))
+    assert stats.wilson_interval(0, 10)[0] == 0.0 and stats.wilson_interval(10, 10)[1] == 1.0
 
 
 def test_semantic_in_the_score_stage(tmp_path, caplog):

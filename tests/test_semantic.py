@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval import metrics, semantic
+from eval import metrics, semantic, stats
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,5 +158,5 @@ def test_the_committed_baseline_semantic_values_are_recomputed_from_its_predicti
         for label, row in metrics.per_type(model_scores).items():
             assert row["semantic"] == pytest.approx(report["per_type"][name][label]["semantic"], abs=1e-6)
     samples, seed = report["config"]["score"]["bootstrap_samples"], report["config"]["score"]["seed"]
-    got = metrics.paired_bootstrap(scored["base"], scored["tuned"], ["semantic"], samples, seed)["semantic"]
+    got = stats.paired_bootstrap(scored["base"], scored["tuned"], ["semantic"], samples, seed)["semantic"]
     assert got == pytest.approx(report["deltas"]["tuned"]["semantic"], abs=1e-6)
