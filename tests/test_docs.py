@@ -308,3 +308,6 @@ def test_the_exit_code_table_is_the_codes_the_job_exits_with():
     user_errors = {cls.exit_code for cls in subclasses(errors.UserError)}
     stopped = {errors.Stopped(signum, "").exit_code for signum in (signal.SIGINT, signal.SIGTERM)}
     assert 1 in user_errors and table == {0, 4} | user_errors | stopped
+    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text(encoding="utf-8"))
+    summary = readme[readme.index("Exit codes:"):readme.index("(docs/operations.md#exit-codes)")]
+    assert {int(code) for code in re.findall(r"\b(\d+)\b", summary)} == table  # the README's one-line summary
