@@ -12,6 +12,7 @@ falls on the completion only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -181,7 +182,7 @@ def fit(trainer: SFTTrainer, cfg: Config,
     if checkpoint:
         log.info("train: resuming from %s (step %d)", checkpoint, resumed.step)
     # The CPU tuning measured on the model's family (pipeline/families.py); the stock Trainer for any other model.
-    with families.of(trainer.model.config).training_tuning(trainer.args.device):
+    with families.of(trainer.model.config).training_tuning(trainer.args.device), quiet_scalar_gathers():
         stop = StopTogetherOnSignal(trainer.accelerator, received)
         trainer.add_callback(stop)
         try:
@@ -206,6 +207,26 @@ def fit(trainer: SFTTrainer, cfg: Config,
                               "rerun the same command to resume")
         eval_loss = trainer.evaluate()["eval_loss"]
     return result, resumed, eval_loss
+
+
+@contextlib.contextmanager
+def quiet_scalar_gathers():
+    """TRL gathers its per-step metrics (token counts, entropy, accuracy: scalars) with gather_for_metrics; after a
+    resume the Trainer skips batches through a dataloader without a length, and accelerate then logs "The used
+    dataset had no length, returning gathered tensors. You should drop the remainder yourself." on every gather of
+    the last batch. There is no remainder in a scalar and nothing for a user to do: that line is dropped."""
+    accelerate_log = logging.getLogger("accelerate.accelerator")
+    notice = NoLengthNotice()
+    accelerate_log.addFilter(notice)
+    try:
+        yield
+    finally:
+        accelerate_log.removeFilter(notice)
+
+
+class NoLengthNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "The used dataset had no length" not in record.getMessage()
 
 
 @dataclasses.dataclass(frozen=True)

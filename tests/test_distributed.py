@@ -93,7 +93,8 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_the_same_step_and_the_rerun
                                                                                        tmp_path):
     launch = LAUNCH + ["--standalone", "--nproc-per-node", "2", "entrypoint.py"]
     out, straight = tmp_path / "interrupted", tmp_path / "straight"
-    train = job(tiny_model_dir, data_dir, out, "train.max_steps=12")
+    # A checkpoint every 4 steps, only the newest kept: the rerun's saves delete the checkpoint it resumed from.
+    train = job(tiny_model_dir, data_dir, out, "train.max_steps=12", "train.save_steps=4", "train.save_total_limit=1")
     log = out / "job.log"
     process = subprocess.Popen(launch + ["train", *train], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -111,6 +112,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_the_same_step_and_the_rerun
     run(launch + ["train", *train])
     summary = json.loads((out / "train" / "train_summary.json").read_text())
     assert summary["steps"] == 12 and summary["resumed_from"].endswith(f"checkpoint-{stopped_at}")
+    assert not checkpoints[0].exists()  # rotated away before the end, and the run finished all the same
     run(launch + ["train", *job(tiny_model_dir, data_dir, straight, "train.max_steps=12")])
     a, b = adapter_weights(out), adapter_weights(straight)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

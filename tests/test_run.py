@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import unicodedata
 
 import pytest
@@ -152,22 +154,45 @@ def test_every_saved_checkpoint_gets_a_metric_point(tiny_model_dir, data_dir, tm
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.timeout(1200)
-def test_run_on_the_embedded_270m_end_to_end(embedded_dir, tmp_path):
-    """The real default model, offline, through the CLI as a user runs it (a handful of rows)."""
-    result = subprocess.run(
-        [sys.executable, "entrypoint.py", "run", "--config", "configs/demo.yaml", f"output.dir={tmp_path}",
-         "data.max_train_samples=16", "data.max_validation_samples=4", "data.max_test_samples=6",
-         "train.logging_steps=1", "train.save_steps=2", "generate.max_new_tokens=24", "score.bootstrap_samples=100"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200)
+def test_run_on_the_embedded_270m_end_to_end_and_stopped_early_then_rerun(embedded_dir, tmp_path):
+    """The real default model, offline, through the CLI as a user runs it (a handful of rows); then the real-model
+    interruption trial (tests/test_interruptions.py has the rest): the same run stopped by SIGTERM at its first
+    steps and rerun ends with the same adapter bytes, predictions and metrics, though the checkpoint it resumed from
+    was rotated away before the end (save_total_limit=1)."""
+    def command(out):
+        return [sys.executable, "entrypoint.py", "run", "--config", "configs/demo.yaml", f"output.dir={out}",
+                "data.max_train_samples=16", "data.max_validation_samples=4", "data.max_test_samples=6",
+                "train.logging_steps=1", "train.save_steps=2", "train.save_total_limit=1",
+                "generate.max_new_tokens=24", "score.bootstrap_samples=100"]
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    result = subprocess.run(command(straight), cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = read_json(tmp_path / "report.json")
+    report = read_json(straight / "report.json")
     validate(report)
     assert report["train"]["trainable_parameters"] == 1_474_560
     assert report["train"]["adapted_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
     assert report["rows"] == 6 and report["train"]["steps"] == 4
     curve = report["train"]["loss_curve"]
     assert curve[-1][1] < curve[0][1]
-    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.png").is_file()
+    assert (straight / "report.md").is_file() and (straight / "report.png").is_file()
+
+    process = subprocess.Popen(command(stopped), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = stopped / "job.log"
+    deadline = time.monotonic() + 600
+    while not (log.is_file() and "train: step 1/4" in log.read_text(encoding="utf-8")):  # an event, polled
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first step"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=600) == 143
+    resumed_from = [p.name for p in (stopped / "train" / "checkpoints").glob("checkpoint-*")]
+    assert len(resumed_from) == 1 and int(resumed_from[0].split("-")[1]) < 4
+    result = subprocess.run(command(stopped), cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (stopped / "train" / "checkpoints" / resumed_from[0]).exists()
+    for path in ("train/adapter/adapter_model.safetensors", "generate/predictions.jsonl"):
+        assert (stopped / path).read_bytes() == (straight / path).read_bytes(), path
+    assert read_json(stopped / "report.json")["metrics"] == report["metrics"]
 
 
 @pytest.mark.subprocess
