@@ -204,7 +204,12 @@ def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     report_path = score(cfg, output_dir)
     write_adapter_card(cfg, output_dir)
     click.echo(summary_table(json.loads(report_path.read_text(encoding="utf-8"))))
-    click.echo(f"report: {report_path.resolve()}")
+    # Last, where the summary above came from and where to read the rest: report.html in a browser.
+    report_path = report_path.resolve()
+    click.echo(f"report: {report_path}")
+    for name, use in (("report.html", "  (open in a browser)"), ("report.md", ""), ("report.png", "")):
+        if (report_path.parent / name).is_file():
+            click.echo(f"{'':8}{report_path.parent / name}{use}")
 
 
 @cli.command("export")
