@@ -4,7 +4,7 @@
     python entrypoint.py data check --config configs/demo.yaml
     python entrypoint.py model fetch --config configs/demo.yaml
     python entrypoint.py run --config configs/demo.yaml          # train -> generate -> score
-    python entrypoint.py export --config configs/demo.yaml --out merged/   # the adapter merged, proven equal
+    python entrypoint.py export --config configs/demo.yaml --out outputs/merged   # the adapter merged, proven equal
     python entrypoint.py compare --baseline A.json --candidate B.json --max-drop rougeL=0.01,bleu=0.5
 
 Errors a user can cause print one line and exit 2 (config/data) or 3 (model/resource, out of memory); anything
@@ -216,7 +216,8 @@ def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
 @click.option("--adapter", "adapter_path", default=None,
               help="The adapter to merge (as model.adapter); default: model.adapter, else <output.dir>/train/adapter.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="A new or empty folder for the merged model; never overwritten.")
+              help="A new or empty folder for the merged model (e.g. outputs/merged: git ignores outputs/); never "
+              "overwritten.")
 @config_args
 def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_path: str | None,
                    out_dir: str) -> None:
