@@ -11,6 +11,8 @@ generates the same rows. In float32 every row must be identical, token for token
 merged weights to bf16, so the share of identical rows must reach export.min_identical_share. Otherwise: exit 1,
 and nothing is left at `out` (the folder is renamed into place only after the check). The check decodes greedily
 whatever generate.do_sample says; the saved generation config holds the decoding the job evaluated with.
+The log says first what will be written and the memory it takes (minutes of loading and generating follow), then
+one line per phase as it ends.
 """
 
 from __future__ import annotations
