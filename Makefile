@@ -4,8 +4,9 @@
 # make install - .venv with pinned versions (constraints.txt, shared with the Dockerfile)
 # make browser - install, plus the browser test's Playwright, system Chromium and Korean font (apt-get)
 # make docs-screenshot - docs/report-html.png, the README's picture of report.html, from that browser test
-# make bench   - the tutorial's way vs ours (generation rows/s, training examples/s, peak memory)
-# make profile - where our generation and training steps spend their time (bench/profile.txt)
+# make bench   - the tutorial's way vs ours (generation rows/s, training examples/s, peak memory), in
+#                outputs/bench/results.json (bench/results.json is the committed reference run)
+# make profile - where our generation and training steps spend their time (outputs/bench/profile.txt)
 # make gpu-check - on a CUDA machine: the H200 targets, timed on Gemma 3 1B's architecture (random bf16 weights)
 # make gpu-bundle - .gpu/: the tokenizer and the wheels a GPU machine without network lacks, for gpu-check there
 PYTHON ?= python3

@@ -4,7 +4,7 @@
     python entrypoint.py data check --config configs/demo.yaml
     python entrypoint.py model fetch --config configs/demo.yaml
     python entrypoint.py run --config configs/demo.yaml          # train -> generate -> score
-    python entrypoint.py export --config configs/demo.yaml --out merged/   # the adapter merged, proven equal
+    python entrypoint.py export --config configs/demo.yaml --out outputs/merged   # the adapter merged, proven equal
     python entrypoint.py compare --baseline A.json --candidate B.json --max-drop rougeL=0.01,bleu=0.5
     python entrypoint.py gate plan --baseline A.json --max-drop rougeL=0.01    # the rows that limit needs
 
@@ -206,14 +206,20 @@ def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     report_path = score(cfg, output_dir)
     write_adapter_card(cfg, output_dir)
     click.echo(summary_table(json.loads(report_path.read_text(encoding="utf-8"))))
-    click.echo(f"report: {report_path.resolve()}")
+    # Last, where the summary above came from and where to read the rest: report.html in a browser.
+    report_path = report_path.resolve()
+    click.echo(f"report: {report_path}")
+    for name, use in (("report.html", "  (open in a browser)"), ("report.md", ""), ("report.png", "")):
+        if (report_path.parent / name).is_file():
+            click.echo(f"{'':8}{report_path.parent / name}{use}")
 
 
 @cli.command("export")
 @click.option("--adapter", "adapter_path", default=None,
               help="The adapter to merge (as model.adapter); default: model.adapter, else <output.dir>/train/adapter.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="A new or empty folder for the merged model; never overwritten.")
+              help="A new or empty folder for the merged model (e.g. outputs/merged: git ignores outputs/); never "
+              "overwritten.")
 @config_args
 def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_path: str | None,
                    out_dir: str) -> None:

@@ -12,7 +12,8 @@ this builds google/gemma-3-1b-it's architecture (dimensions from its config) wit
   one epoch of 84,582.
 
 Prompts use the plain layout (the embedded tokenizer has no chat template; chat adds 8 tokens per prompt).
-Writes gpu_results.json to --out (default bench/) and prints a table.
+Writes gpu_results.json to --out (default outputs/bench/, ignored by git; bench/gpu_results.json is the committed
+reference run) and prints a table.
 
     make gpu-check                                   # a CUDA machine with the project installed
     python -m bench.gpu_check --smoke                # a tiny model on CPU: checks this script (tested)
@@ -30,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.run import OUT, ROOT
+
 TEST_ROWS, TRAIN_ROWS, SUBSET_ROWS = 10_573, 84_582, 1_000
 TARGET_SECONDS = {"generate_base_and_tuned": 180, "train_1000_rows": 120, "train_epoch": 1200}
 GEMMA3_1B = dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny model, few rows, on CPU")
     parser.add_argument("--tokenizer", help="a tokenizer directory (default: the embedded model's)")
-    parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for gpu_results.json")
+    parser.add_argument("--out", default=str(OUT), help="folder for gpu_results.json (default: outputs/bench)")
     args = parser.parse_args(argv)
 
     from pipeline import models

@@ -11,13 +11,16 @@ The panels, each drawn only when the report has its data (a panel with nothing i
   on each compared model's bar: the 95% paired-bootstrap interval of its change against the reference, drawn
   around the reference's value; types with fewer than MIN_TYPE_ROWS rows hatched, "too few" rows to judge;
 - the question types the models predicted beside the reference's distribution (the types block, 3.1).
-Labels are the English names of eval.report_view.TYPE_NAMES: matplotlib's default font has no Hangul.
+Labels are the English names of eval.report_view.TYPE_NAMES: matplotlib's default font has no Hangul. A panel whose
+type labels would run into each other level (many types: a model that invents its own) has them turned.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+
+import numpy as np
 
 from matplotlib.figure import Figure
 
@@ -28,6 +31,7 @@ from pipeline.stage import atomic_path
 PANEL_SIZE = (6.2, 4.6)  # inches per panel
 REFERENCE_COLOR = "#98a2b3"  # the reference model's bars: grey, so the compared models' colours stand out
 REFERENCE_TEXT_COLOR = "#344054"  # the reference texts' own type distribution
+LABEL_GAP = 4  # pixels between two neighbouring tick labels, at least
 
 
 def figure(report: dict, min_type_rows: int = MIN_TYPE_ROWS) -> Figure:
@@ -49,7 +53,24 @@ def figure(report: dict, min_type_rows: int = MIN_TYPE_ROWS) -> Figure:
         draw(ax)
     for ax in axes[len(panels):]:
         ax.remove()
+    turn_crowded_labels(fig)
     return fig
+
+
+def turn_crowded_labels(fig: Figure) -> None:
+    """Each panel's x tick labels, where two level neighbours would touch: turned 45 degrees, or upright where even
+    turned lines would touch (parallel labels a tick spacing s apart are s * sin(angle) apart across their lines)."""
+    fig.draw_without_rendering()  # the constrained layout: the labels' extents are those of the saved image
+    for ax in fig.axes:
+        labels = [label for label in ax.get_xticklabels() if label.get_text()]
+        boxes = [label.get_window_extent() for label in labels]
+        if all(a.x1 + LABEL_GAP <= b.x0 for a, b in zip(boxes, boxes[1:])):
+            continue
+        spacing = min(np.diff([(box.x0 + box.x1) / 2 for box in boxes]))
+        lines = max(box.height for box in boxes) + LABEL_GAP
+        for label in labels:  # turned about its end at the tick, or hanging upright below it
+            label.set(**(dict(rotation=45, ha="right", rotation_mode="anchor") if spacing * math.sin(math.pi / 4)
+                         >= lines else dict(rotation=90, ha="center", rotation_mode="default")))
 
 
 def write_png(report: dict, path: Path) -> None:

@@ -2,13 +2,15 @@
 and the modes of what the job writes."""
 
 import json
+import logging
 import os
+import re
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from conftest import write_splits
+from conftest import ROOT, write_splits
 from entrypoint import main
 from pipeline import export as export_module
 from pipeline.config import Config, ExportConfig
@@ -89,6 +91,44 @@ def test_the_export_carries_a_card_its_modes_and_no_path_of_the_machine(exported
         content = path.read_bytes()
         for root in (trained_out, tiny_model_dir, exported.parent):
             assert str(root).encode() not in content, f"{path.name} names {root}"
+
+
+def test_the_export_says_its_size_and_memory_first_then_a_line_per_phase(tiny_model_dir, data_dir, trained_out,
+                                                                         tmp_path, caplog):
+    from safetensors import safe_open
+
+    caplog.set_level(logging.INFO, logger="pipeline.export")
+    dest = tmp_path / "merged"
+    assert main(export_args(tiny_model_dir, data_dir, trained_out, dest)) == 0
+    lines = [record.getMessage() for record in caplog.records if record.name == "pipeline.export"]
+    # independently: the weights the export wrote, counted in its safetensors (the tied embedding once)
+    with safe_open(dest / "model.safetensors", framework="pt") as saved:
+        tensors = [saved.get_tensor(name) for name in saved.keys()]
+    parameters = sum(t.numel() for t in tensors)
+    assert {t.dtype for t in tensors} == {torch.float32}
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    planned = re.fullmatch(r"export: the merged weights will take ([\d.]+) MB in (.+) \(([\d,]+) parameters x 4 "
+                           r"bytes, float32\), plus the tokenizer's files; expected peak memory about ([\d.]+) GiB",
+                           lines[0])
+    assert planned and planned[2] == str(dest) and planned[3] == f"{parameters:,}"
+    assert float(planned[1]) == round(size / 1e6, 1) and float(planned[4]) >= size / 2**30
+    assert lines[1].startswith(f"export: phases: load, check 1/2 (base + adapter generate the first {ROWS} test ")
+    phases = [re.fullmatch(r"export: ([^:]+): .+ in \d+\.\d s", line) for line in lines[2:7]]
+    assert [phase and phase[1] for phase in phases] == ["load", "check 1/2", "merge", "save", "check 2/2"]
+    assert f"{ROWS} of {ROWS} identical" in lines[6]
+    assert re.fullmatch(rf"export: merged model in {re.escape(str(dest))} \({ROWS} of {ROWS} rows identical, \d+ s; "
+                        r"peak memory [\d.]+ GiB cpu rss\)", lines[7])
+    assert len(lines) == 8  # and no warning: tmp_path is outside the repository
+
+
+def test_an_out_in_the_repository_that_git_does_not_ignore_is_said_once(caplog):
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (a container image)")
+    for out in (ROOT / "merged", ROOT / "outputs" / "merged", ROOT.parent / "merged"):
+        export_module.warn_if_tracked(out)
+    warned = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warned == [f"export: --out {ROOT / 'merged'} is inside the repository and not ignored by git: the "
+                      "model's files will show in `git status`; a folder under outputs/ is ignored"]
 
 
 def test_a_tampered_merged_weight_fails_the_check_and_leaves_nothing(tiny_model_dir, data_dir, trained_out,

@@ -3,6 +3,7 @@ report (tests/demo_report.py) and for the same report without the blocks 3.1 add
 are drawn, which sections are present, and that a missing block leaves its panel or section out without an error.
 The page in a real browser is tests/test_html.py's."""
 
+import math
 import re
 
 import pytest
@@ -69,6 +70,45 @@ def test_png_type_bars_carry_row_counts_and_the_per_type_intervals():
     assert few == ["//"] * 5  # every type of 60 rows is under 30
     assert [bar.get_hatch() for bar in figure(report, min_type_rows=10).axes[1].containers[0]] == \
         [None, None, None, "//", "//"]
+
+
+def crowded(report: dict, invented: int) -> dict:
+    """The report with a tuned model that predicted `invented` types of its own (each a label of the panel)."""
+    for i in range(invented):
+        report["types"]["models"]["tuned"]["predicted_distribution"][f"made-up type {i}"] = 3
+    return report
+
+
+def laid_out_labels(report: dict, title: str):
+    """The panel's x tick labels with their extents in the laid-out figure, as they are saved."""
+    ax = next(ax for ax in figure(report).axes if ax.get_title() == title)
+    ax.figure.draw_without_rendering()
+    labels = [label for label in ax.get_xticklabels() if label.get_text()]
+    return ax, labels, [label.get_window_extent() for label in labels]
+
+
+def apart(boxes) -> bool:
+    return all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))
+
+
+def test_png_type_labels_stay_level_while_they_fit_and_never_run_into_each_other():
+    for title in (BY_TYPE, PREDICTED):
+        _, labels, boxes = laid_out_labels(demo()[0], title)
+        assert {label.get_rotation() for label in labels} == {0} and apart(boxes), title
+    # 13 labels (five types, seven made up, no label): level they would overlap; turned 45 degrees, parallel labels
+    # a tick spacing s apart are s * sin(45) apart across their lines, which must exceed the lines' height
+    ax, labels, turned = laid_out_labels(crowded(demo()[0], 7), PREDICTED)
+    assert {label.get_rotation() for label in labels} == {45}
+    ticks = ax.transData.transform([(x, 0) for x in ax.get_xticks()])[:, 0]
+    for label in labels:
+        label.set_rotation(0)
+    ax.figure.draw_without_rendering()
+    level = [label.get_window_extent() for label in labels]
+    assert not apart(level)
+    assert min(b - a for a, b in zip(ticks, ticks[1:])) * math.sin(math.pi / 4) > max(box.height for box in level)
+    # 36 labels: turned upright, where their extents are exact
+    _, labels, upright = laid_out_labels(crowded(demo()[0], 30), PREDICTED)
+    assert {label.get_rotation() for label in labels} == {90} and apart(upright)
 
 
 def test_predicted_types_in_the_reference_order_then_others_then_no_label():

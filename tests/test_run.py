@@ -207,3 +207,13 @@ def test_each_stage_alone_prints_no_warning_a_user_cannot_act_on(tiny_model_dir,
         assert result.returncode == 0, result.stderr[-3000:]
         warned = [line for line in result.stderr.splitlines() if "Warning:" in line]
         assert warned == [], (stage, warned)
+
+
+def test_run_ends_with_where_each_report_file_is(finished, tiny_model_dir, data_dir, capsys):
+    capsys.readouterr()
+    assert main(run_args(tiny_model_dir, data_dir, finished)) == 0
+    last = capsys.readouterr().out.splitlines()[-4:]
+    folder = finished.resolve()
+    assert last == [f"report: {folder / 'report.json'}", f"{'':8}{folder / 'report.html'}  (open in a browser)",
+                    f"{'':8}{folder / 'report.md'}", f"{'':8}{folder / 'report.png'}"]
+    assert all(path.is_file() for path in (folder / "report.html", folder / "report.md", folder / "report.png"))
