@@ -29,7 +29,7 @@ import click
 import yaml
 
 from pipeline.config import Config, load_config, to_dict
-from pipeline.errors import Stopped, UserError, first_line
+from pipeline.errors import ConfigError, DataError, Stopped, UserError, first_line
 
 log = logging.getLogger("entrypoint")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -103,18 +103,46 @@ def data_group() -> None:
     """Validate datasets."""
 
 
-@data_group.command("check")
+@data_group.command("check", short_help="Validate every split; its size and question types, and the run's subset.")
 @config_args
 def data_check(config_path: str | None, overrides: tuple[str, ...]) -> None:
-    """Validate every split and print its size and question-type counts."""
+    """Validate every row of every split and print each split's size and question-type counts, and next to them
+    the subset a run uses (data.max_<split>_samples rows chosen by data.sample). Every bad row is listed (the
+    first 20 of a split, then how many more); any makes the exit code 2."""
     from pipeline import data, sources
 
     cfg = load_config(config_path, overrides)
-    splits = data.load_splits(cfg.data, sources.hf_token(cfg.model))
-    for split, rows in splits.items():
-        counts = ", ".join(f"{label} {n}" for label, n in data.label_counts(rows).most_common())
-        click.echo(f"{split:<10} {len(rows):>7} rows   {counts}")
+    token, splits, bad = sources.hf_token(cfg.model), {}, 0
+    for split in data.SPLITS:
+        rows, problems = data.check_split(cfg.data, split, token)
+        if rows:
+            counts = data.label_counts(rows)
+            click.echo(f"{split:<10} {len(rows):>7} rows   {type_counts(counts, counts)}")
+        if problems:
+            bad += len(problems)
+            click.echo(f"{split}: {len(problems)} bad row{'s' * (len(problems) != 1)}")
+            for problem in problems[:LISTED_PROBLEMS]:
+                click.echo(f"  {problem}")
+            if len(problems) > LISTED_PROBLEMS:
+                click.echo(f"  and {len(problems) - LISTED_PROBLEMS} more")
+            continue
+        used = data.subset(cfg.data, split, rows)
+        if len(used) < len(rows):
+            click.echo(f"{'  used':<10} {len(used):>7} rows   {type_counts(data.label_counts(used), counts)}   "
+                       f"(data.max_{split}_samples, data.sample={cfg.data.sample}"
+                       + (f", data.sample_seed={cfg.data.sample_seed})" if cfg.data.sample != "first" else ")"))
+        splits[split] = used
+    if bad:
+        raise DataError(f"{bad} bad row{'s' * (bad != 1)} (listed above)")
     data.warn_on_overlap(splits)
+
+
+LISTED_PROBLEMS = 20  # bad rows listed per split; the rest are counted
+
+
+def type_counts(counts, order) -> str:
+    """'type n, type n, ...' in the order of `order`'s most common types (a type `counts` lacks shows 0)."""
+    return ", ".join(f"{label} {counts[label]}" for label, _ in order.most_common())
 
 
 @cli.group("model")

@@ -84,10 +84,16 @@ class DataConfig:
     # A column holding the question type (the English SoQG layout: thought / question / label): the target then
     # becomes "(label) question", the layout type accuracy and the per-type table read. null: the target carries it.
     label_column: Optional[StrictStr] = None
-    # The first N rows (not a random sample), so runs are comparable; null = the whole split.
+    # At most N rows of the split (chosen by `sample`); null = the whole split.
     max_train_samples: Optional[Positive] = None
     max_validation_samples: Optional[Positive] = None
     max_test_samples: Optional[Positive] = None
+    # Which rows max_*_samples keep: first, the first N (comparable with runs made before `sample` existed; a split
+    # ordered by source or type gives an unrepresentative subset); random, a uniform sample drawn by sample_seed;
+    # stratified, the split's question-type proportions (largest remainder), each type at least one row. The same
+    # seed and data choose the same rows for every model and run (pipeline/data.py).
+    sample: Literal["first", "random", "stratified"] = "first"
+    sample_seed: NonNegative = 0
 
 
 @section
