@@ -26,9 +26,8 @@ import traceback
 from pathlib import Path
 
 import click
-import yaml
 
-from pipeline.config import Config, load_config, to_dict
+from pipeline.config import Config, load_config, output_dir_of, to_yaml
 from pipeline.errors import ConfigError, DataError, Stopped, UserError, first_line
 
 log = logging.getLogger("entrypoint")
@@ -38,29 +37,49 @@ job_log: Path | None = None  # this process's log file, once a command knows its
 
 def load_job_config(config_path: str | None, overrides: tuple[str, ...]) -> Config:
     """The config of a stage command; from here on the log also goes to <output.dir>/job.log (one file per
-    process under torchrun: job.rank<N>.log), where an internal error's traceback is written too."""
+    process under torchrun: job.rank<N>.log), where an internal error's traceback is written too. A config that
+    fails its checks still opens the log in the output.dir it names (or the default's), so that its error is
+    there too; one whose output.dir cannot be read (unreadable YAML, output.dir not text) only reaches stderr."""
+    try:
+        cfg = load_config(config_path, overrides)
+    except ConfigError:
+        output_dir = output_dir_of(config_path, overrides)
+        if output_dir is not None:
+            open_job_log(Path(output_dir))
+        raise
+    open_job_log(Path(cfg.output.dir))
+    return cfg
+
+
+def open_job_log(output_dir: Path) -> None:
     global job_log
-    cfg = load_config(config_path, overrides)
     rank = os.environ.get("RANK", "0")
-    path = Path(cfg.output.dir) / ("job.log" if rank == "0" else f"job.rank{rank}.log")
+    path = output_dir / ("job.log" if rank == "0" else f"job.rank{rank}.log")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError as exc:
         log.warning("cannot write the job log %s (%s); logging to stderr only", path, exc.strerror)
-        return cfg
+        return
     handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
     handler.set_name("job-log")
     logging.getLogger().addHandler(handler)
     job_log = path
-    return cfg
+
+
+def log_to_job_log(message: str) -> None:
+    """An error line in the job log only (stderr has it already): in a batch job the log file is what is kept."""
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == "job-log":
+            handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None))
 
 
 def config_args(command):
     """--config PATH plus any number of dotted overrides (section.key=value) as arguments."""
     command = click.argument("overrides", nargs=-1, metavar="[SECTION.KEY=VALUE]...")(command)
     return click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                        help="YAML config; without it the built-in defaults (the embedded demo) apply.")(command)
+                        help="YAML config; without it the built-in defaults apply: configs/demo.yaml's values "
+                             "(the embedded demo).")(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,22 +95,22 @@ def config_group() -> None:
     """Inspect the resolved configuration."""
 
 
-@config_group.command("show")
+@config_group.command("show", short_help="Print the resolved config as YAML, once it passes a stage's checks.")
 @config_args
 def config_show(config_path: str | None, overrides: tuple[str, ...]) -> None:
-    """Print the resolved config (file + overrides) as YAML, once it passes every check a stage makes before it
-    reads data or loads a model: types and ranges, the training settings transformers/TRL would reject, the model
-    folder and the adapter folders it names."""
+    """Print the resolved config (file + overrides) as YAML, once it passes the checks a stage makes before it
+    reads data or loads a model: types and ranges, the optimizer and scheduler names of the installed
+    transformers, the model folder and the adapter folders it names. Combinations of training settings only TRL
+    judges are checked by the train stage, in seconds, before its model loads: building TRL's arguments imports
+    torch and transformers (~4.5 s), which this command does not."""
     cfg = load_config(config_path, overrides)
     preflight(cfg)
-    click.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), nl=False)
+    click.echo(to_yaml(cfg), nl=False)
 
 
 def preflight(cfg: Config) -> None:
     from pipeline import adapters, sources
-    from pipeline.train import training_arguments
 
-    training_arguments(cfg, Path(cfg.output.dir) / "train" / "checkpoints")
     if sources.source_kind(cfg.model.source) == "local":
         sources.model_source(cfg.model)  # checks the folder (not the Hub, nor converting the embedded model)
     for adapter in adapters.configured(cfg):
@@ -150,7 +169,7 @@ def model_group() -> None:
     """Prepare model sources."""
 
 
-@model_group.command("fetch")
+@model_group.command("fetch", short_help="Make model.source loadable: convert, check or download it.")
 @config_args
 def model_fetch(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Make model.source loadable: convert the embedded model once (then reuse it); check a local folder and load
@@ -169,7 +188,7 @@ def model_fetch(config_path: str | None, overrides: tuple[str, ...]) -> None:
     click.echo(f"model ready: {source}{where} ({time.perf_counter() - started:.1f} s)")
 
 
-@cli.command("train")
+@cli.command("train", short_help="LoRA fine-tuning -> <output.dir>/train. Resumes if interrupted.")
 @config_args
 def train_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """LoRA fine-tuning -> <output.dir>/train (adapter, checkpoints, train_summary.json). Resumes if interrupted."""
@@ -182,7 +201,7 @@ def train_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     click.echo(f"train: {stage_dir / 'train_summary.json'}")
 
 
-@cli.command("generate")
+@cli.command("generate", short_help="Base and tuned predictions for the test split. Resumable.")
 @config_args
 def generate_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Base and tuned predictions for the test split -> <output.dir>/generate/predictions.jsonl. Resumable."""
@@ -194,7 +213,7 @@ def generate_command(config_path: str | None, overrides: tuple[str, ...]) -> Non
         click.echo(f"generate: {stage_dir / 'predictions.jsonl'}")
 
 
-@cli.command("score")
+@cli.command("score", short_help="predictions.jsonl -> report.json, report.md, report.png.")
 @config_args
 def score_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """predictions.jsonl -> <output.dir>/report.json, report.md, report.png; the trained adapter's model card."""
@@ -209,7 +228,7 @@ def score_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     click.echo(f"report: {report_path}")
 
 
-@cli.command("run")
+@cli.command("run", short_help="train -> generate -> score in one output directory.")
 @config_args
 def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """train -> generate -> score in one output directory (with model.adapter: generate -> score, no training).
@@ -235,7 +254,7 @@ def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     click.echo(f"report: {report_path.resolve()}")
 
 
-@cli.command("export")
+@cli.command("export", short_help="The adapter merged into the base model, kept if proven equal.")
 @click.option("--adapter", "adapter_path", default=None,
               help="The adapter to merge (as model.adapter); default: model.adapter, else <output.dir>/train/adapter.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
@@ -256,7 +275,7 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
     click.echo(f"export: {export(cfg, Path(out_dir), Path(cfg.output.dir))}")
 
 
-@cli.command("compare")
+@cli.command("compare", short_help="Regression gate for CI: exit 1 when the candidate got worse.")
 @click.option("--baseline", type=click.Path(exists=True, dir_okay=False), required=True, help="report.json to hold.")
 @click.option("--candidate", type=click.Path(exists=True, dir_okay=False), required=True, help="report.json to check.")
 @click.option("--max-drop", default=None, help="Allowed drop (rise, for failure rates) per metric, e.g. "
@@ -348,6 +367,7 @@ def run_cli(argv: list[str] | None) -> int:
         cli.main(args=argv, prog_name="entrypoint.py", standalone_mode=False)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
+        log_to_job_log(f"error: {exc}")
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
