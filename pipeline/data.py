@@ -87,8 +87,8 @@ def subset(cfg: DataConfig, split: str, rows: list[dict]) -> list[dict]:
         return rows
     if cfg.sample == "first":
         return rows[:limit]
-    ranked = sorted(range(len(rows)), key=lambda i: hashlib.sha256(f"{cfg.sample_seed}:{rows[i]['id']}".encode())
-                    .hexdigest())
+    seed = str(cfg.sample_seed).encode()
+    ranked = sorted(range(len(rows)), key=lambda i: hashlib.sha256(seed + b":" + rows[i]["id"].encode()).digest())
     if cfg.sample == "random":
         return [rows[i] for i in sorted(ranked[:limit])]
     groups: dict[str, list[int]] = {}
@@ -113,8 +113,8 @@ def stratum_sizes(counts: dict[str, int], n: int) -> dict[str, int]:
     for label in by_remainder[:n - sum(sizes.values())]:
         sizes[label] += 1
     for label in [label for label in by_remainder if sizes[label] == 0]:
-        donor = max((d for d in sizes if sizes[d] > 1),
-                    key=lambda d: (sizes[d] * total - n * counts[d], counts[d], d))
+        donor = min((d for d in sizes if sizes[d] > 1),
+                    key=lambda d: (-(sizes[d] * total - n * counts[d]), -counts[d], d))
         sizes[donor] -= 1
         sizes[label] = 1
     return sizes
