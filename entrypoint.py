@@ -27,11 +27,10 @@ import traceback
 from pathlib import Path
 
 import click
-import yaml
 
 from eval.gate_spec import RULES, GateSpec, parse_kinds, parse_limits
-from pipeline.config import Config, load_config, to_dict
-from pipeline.errors import Stopped, UserError, first_line
+from pipeline.config import Config, load_config, output_dir_of, to_yaml
+from pipeline.errors import ConfigError, DataError, Stopped, UserError, first_line
 
 log = logging.getLogger("entrypoint")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -40,29 +39,49 @@ job_log: Path | None = None  # this process's log file, once a command knows its
 
 def load_job_config(config_path: str | None, overrides: tuple[str, ...]) -> Config:
     """The config of a stage command; from here on the log also goes to <output.dir>/job.log (one file per
-    process under torchrun: job.rank<N>.log), where an internal error's traceback is written too."""
+    process under torchrun: job.rank<N>.log), where an internal error's traceback is written too. A config that
+    fails its checks still opens the log in the output.dir it names (or the default's), so that its error is
+    there too; one whose output.dir cannot be read (unreadable YAML, output.dir not text) only reaches stderr."""
+    try:
+        cfg = load_config(config_path, overrides)
+    except ConfigError:
+        output_dir = output_dir_of(config_path, overrides)
+        if output_dir is not None:
+            open_job_log(Path(output_dir))
+        raise
+    open_job_log(Path(cfg.output.dir))
+    return cfg
+
+
+def open_job_log(output_dir: Path) -> None:
     global job_log
-    cfg = load_config(config_path, overrides)
     rank = os.environ.get("RANK", "0")
-    path = Path(cfg.output.dir) / ("job.log" if rank == "0" else f"job.rank{rank}.log")
+    path = output_dir / ("job.log" if rank == "0" else f"job.rank{rank}.log")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError as exc:
         log.warning("cannot write the job log %s (%s); logging to stderr only", path, exc.strerror)
-        return cfg
+        return
     handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
     handler.set_name("job-log")
     logging.getLogger().addHandler(handler)
     job_log = path
-    return cfg
+
+
+def log_to_job_log(message: str) -> None:
+    """An error line in the job log only (stderr has it already): in a batch job the log file is what is kept."""
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == "job-log":
+            handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None))
 
 
 def config_args(command):
     """--config PATH plus any number of dotted overrides (section.key=value) as arguments."""
     command = click.argument("overrides", nargs=-1, metavar="[SECTION.KEY=VALUE]...")(command)
     return click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                        help="YAML config; without it the built-in defaults (the embedded demo) apply.")(command)
+                        help="YAML config; without it the built-in defaults apply: configs/demo.yaml's values "
+                             "(the embedded demo).")(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,22 +97,22 @@ def config_group() -> None:
     """Inspect the resolved configuration."""
 
 
-@config_group.command("show")
+@config_group.command("show", short_help="Print the resolved config as YAML, once it passes a stage's checks.")
 @config_args
 def config_show(config_path: str | None, overrides: tuple[str, ...]) -> None:
-    """Print the resolved config (file + overrides) as YAML, once it passes every check a stage makes before it
-    reads data or loads a model: types and ranges, the training settings transformers/TRL would reject, the model
-    folder and the adapter folders it names."""
+    """Print the resolved config (file + overrides) as YAML, once it passes the checks a stage makes before it
+    reads data or loads a model: types and ranges, the optimizer and scheduler names of the installed
+    transformers, the model folder and the adapter folders it names. Combinations of training settings only TRL
+    judges are checked by the train stage, in seconds, before its model loads: building TRL's arguments imports
+    torch and transformers (~4.5 s), which this command does not."""
     cfg = load_config(config_path, overrides)
     preflight(cfg)
-    click.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), nl=False)
+    click.echo(to_yaml(cfg), nl=False)
 
 
 def preflight(cfg: Config) -> None:
     from pipeline import adapters, sources
-    from pipeline.train import training_arguments
 
-    training_arguments(cfg, Path(cfg.output.dir) / "train" / "checkpoints")
     if sources.source_kind(cfg.model.source) == "local":
         sources.model_source(cfg.model)  # checks the folder (not the Hub, nor converting the embedded model)
     for adapter in adapters.configured(cfg):
@@ -105,18 +124,46 @@ def data_group() -> None:
     """Validate datasets."""
 
 
-@data_group.command("check")
+@data_group.command("check", short_help="Validate every split; its size and question types, and the run's subset.")
 @config_args
 def data_check(config_path: str | None, overrides: tuple[str, ...]) -> None:
-    """Validate every split and print its size and question-type counts."""
+    """Validate every row of every split and print each split's size and question-type counts, and next to them
+    the subset a run uses (data.max_<split>_samples rows chosen by data.sample). Every bad row is listed (the
+    first 20 of a split, then how many more); any makes the exit code 2."""
     from pipeline import data, sources
 
     cfg = load_config(config_path, overrides)
-    splits = data.load_splits(cfg.data, sources.hf_token(cfg.model))
-    for split, rows in splits.items():
-        counts = ", ".join(f"{label} {n}" for label, n in data.label_counts(rows).most_common())
-        click.echo(f"{split:<10} {len(rows):>7} rows   {counts}")
+    token, splits, bad = sources.hf_token(cfg.model), {}, 0
+    for split in data.SPLITS:
+        rows, problems = data.check_split(cfg.data, split, token)
+        if rows:
+            counts = data.label_counts(rows)
+            click.echo(f"{split:<10} {len(rows):>7} rows   {type_counts(counts, counts)}")
+        if problems:
+            bad += len(problems)
+            click.echo(f"{split}: {len(problems)} bad row{'s' * (len(problems) != 1)}")
+            for problem in problems[:LISTED_PROBLEMS]:
+                click.echo(f"  {problem}")
+            if len(problems) > LISTED_PROBLEMS:
+                click.echo(f"  and {len(problems) - LISTED_PROBLEMS} more")
+            continue
+        used = data.subset(cfg.data, split, rows)
+        if len(used) < len(rows):
+            click.echo(f"{'  used':<10} {len(used):>7} rows   {type_counts(data.label_counts(used), counts)}   "
+                       f"(data.max_{split}_samples, data.sample={cfg.data.sample}"
+                       + (f", data.sample_seed={cfg.data.sample_seed})" if cfg.data.sample != "first" else ")"))
+        splits[split] = used
+    if bad:
+        raise DataError(f"{bad} bad row{'s' * (bad != 1)} (listed above)")
     data.warn_on_overlap(splits)
+
+
+LISTED_PROBLEMS = 20  # bad rows listed per split; the rest are counted
+
+
+def type_counts(counts, order) -> str:
+    """'type n, type n, ...' in the order of `order`'s most common types (a type `counts` lacks shows 0)."""
+    return ", ".join(f"{label} {counts[label]}" for label, _ in order.most_common())
 
 
 @cli.group("model")
@@ -124,7 +171,7 @@ def model_group() -> None:
     """Prepare model sources."""
 
 
-@model_group.command("fetch")
+@model_group.command("fetch", short_help="Make model.source loadable: convert, check or download it.")
 @config_args
 def model_fetch(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Make model.source loadable: convert the embedded model once (then reuse it); check a local folder and load
@@ -143,7 +190,7 @@ def model_fetch(config_path: str | None, overrides: tuple[str, ...]) -> None:
     click.echo(f"model ready: {source}{where} ({time.perf_counter() - started:.1f} s)")
 
 
-@cli.command("train")
+@cli.command("train", short_help="LoRA fine-tuning -> <output.dir>/train. Resumes if interrupted.")
 @config_args
 def train_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """LoRA fine-tuning -> <output.dir>/train (adapter, checkpoints, train_summary.json). Resumes if interrupted."""
@@ -156,7 +203,7 @@ def train_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     click.echo(f"train: {stage_dir / 'train_summary.json'}")
 
 
-@cli.command("generate")
+@cli.command("generate", short_help="Base and tuned predictions for the test split. Resumable.")
 @config_args
 def generate_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Base and tuned predictions for the test split -> <output.dir>/generate/predictions.jsonl. Resumable."""
@@ -168,7 +215,7 @@ def generate_command(config_path: str | None, overrides: tuple[str, ...]) -> Non
         click.echo(f"generate: {stage_dir / 'predictions.jsonl'}")
 
 
-@cli.command("score")
+@cli.command("score", short_help="predictions.jsonl -> report.json, report.md, report.png.")
 @config_args
 def score_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """predictions.jsonl -> <output.dir>/report.json, report.md, report.png; the trained adapter's model card."""
@@ -183,7 +230,7 @@ def score_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     click.echo(f"report: {report_path}")
 
 
-@cli.command("run")
+@cli.command("run", short_help="train -> generate -> score in one output directory.")
 @config_args
 def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """train -> generate -> score in one output directory (with model.adapter: generate -> score, no training).
@@ -214,7 +261,7 @@ def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
             click.echo(f"{'':8}{report_path.parent / name}{use}")
 
 
-@cli.command("export")
+@cli.command("export", short_help="The adapter merged into the base model, kept if proven equal.")
 @click.option("--adapter", "adapter_path", default=None,
               help="The adapter to merge (as model.adapter); default: model.adapter, else <output.dir>/train/adapter.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
@@ -236,7 +283,7 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
     click.echo(f"export: {export(cfg, Path(out_dir), Path(cfg.output.dir))}")
 
 
-@cli.command("compare")
+@cli.command("compare", short_help="Regression gate for CI: exit 1 when the candidate got worse.")
 @click.option("--baseline", type=click.Path(exists=True, dir_okay=False), required=True, help="report.json to hold.")
 @click.option("--candidate", type=click.Path(exists=True, dir_okay=False), required=True, help="report.json to check.")
 @click.option("--max-drop", default=None, help="Allowed drop (rise, for failure rates) per metric, e.g. "
@@ -368,6 +415,7 @@ def run_cli(argv: list[str] | None) -> int:
         return exc.exit_code
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
+        log_to_job_log(f"error: {exc}")
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()

@@ -35,10 +35,9 @@ import numpy as np
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
-from pipeline.text import normalize, split_label
+from pipeline.text import NO_LABEL, normalize, split_label
 
 TOKENIZERS = ("ko-mecab", "13a", "intl", "char")
-NO_LABEL = "(no label)"  # the question type of a text without a "(type)" label
 HIGHER, LOWER, NEITHER = 1, -1, 0
 
 

@@ -186,8 +186,11 @@ def evaluation_section(cfg: Config, report: dict, test_data: str) -> list[str]:
     if gen.stop_strings:
         stops += ", and " + ", ".join(json.dumps(s) for s in gen.stop_strings) + " once some text precedes it"
     prompt = json.dumps(style.prompt_text("{argument}"), ensure_ascii=False)
+    rows = f"the first {report['rows']} rows"
+    if cfg.data.sample != "first" and cfg.data.max_test_samples is not None:
+        rows = f"{report['rows']} rows drawn by `data.sample: {cfg.data.sample}` (seed {cfg.data.sample_seed})"
     return ["", "## Evaluation", "",
-            f"- Test split: the first {report['rows']} rows of `{test_data}` (sha256 of the rows "
+            f"- Test split: {rows} of `{test_data}` (sha256 of the rows "
             f"`{report['test_set']['sha256'][:16]}`).",
             f"- Prompt (`prompt.format: {cfg.prompt.format}`): {prompt}"
             + (" as the user turn of the tokenizer's chat template." if cfg.prompt.format == "chat" else "; the "

@@ -1,5 +1,9 @@
 """One typed config for the whole job: frozen pydantic dataclasses, loaded from YAML, with dotted CLI overrides.
 
+The defaults are the embedded demo's, configs/demo.yaml: no --config runs exactly what `make demo` runs (and
+finds its outputs up to date). Other configs state every value they need (the 1B configs: learning rate, logging
+and save steps, batch size, max_new_tokens); tests/test_config.py holds both to it.
+
     cfg = load_config("configs/demo.yaml", ["train.learning_rate=2e-4", "lora.target_modules=[q_proj,v_proj]"])
 
 Unknown keys and wrong types raise ConfigError naming the dotted key, so a typo never silently falls back to
@@ -10,12 +14,15 @@ the sections stay plain dataclasses to the rest of the job (`dataclasses.replace
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import functools
+import importlib
 import importlib.util
 import re
 import typing
+from importlib import metadata
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
@@ -84,10 +91,16 @@ class DataConfig:
     # A column holding the question type (the English SoQG layout: thought / question / label): the target then
     # becomes "(label) question", the layout type accuracy and the per-type table read. null: the target carries it.
     label_column: Optional[StrictStr] = None
-    # The first N rows (not a random sample), so runs are comparable; null = the whole split.
+    # At most N rows of the split (chosen by `sample`); null = the whole split.
     max_train_samples: Optional[Positive] = None
     max_validation_samples: Optional[Positive] = None
     max_test_samples: Optional[Positive] = None
+    # Which rows max_*_samples keep: first, the first N (comparable with runs made before `sample` existed; a split
+    # ordered by source or type gives an unrepresentative subset); random, a uniform sample drawn by sample_seed;
+    # stratified, the split's question-type proportions (largest remainder), each type at least one row. The same
+    # seed and data choose the same rows for every model and run (pipeline/data.py).
+    sample: Literal["first", "random", "stratified"] = "first"
+    sample_seed: NonNegative = 0
 
 
 @section
@@ -108,7 +121,7 @@ class LoraConfig:
 
 @section
 class TrainConfig:
-    learning_rate: Annotated[Number, Field(gt=0)] = 1e-4
+    learning_rate: Annotated[Number, Field(gt=0)] = 3e-4
     num_train_epochs: Annotated[Number, Field(ge=0)] = 1.0
     max_steps: StrictInt = -1
     per_device_train_batch_size: Positive = 4
@@ -118,8 +131,8 @@ class TrainConfig:
     warmup_ratio: Annotated[Number, Field(ge=0, lt=1)] = 0.0
     weight_decay: Annotated[Number, Field(ge=0)] = 0.0
     max_grad_norm: Annotated[Number, Field(ge=0)] = 1.0
-    logging_steps: Positive = 10
-    save_steps: Positive = 50
+    logging_steps: Positive = 5
+    save_steps: Positive = 25
     save_total_limit: StrictInt = 2
     seed: NonNegative = 42
     # Off by default: it trades ~40% speed for memory, which a 1B LoRA run does not need.
@@ -140,9 +153,9 @@ class TrainConfig:
 @section
 class GenerateConfig:
     # auto: start at max_batch_size and halve on an out-of-memory error (accelerate's find_executable_batch_size).
-    batch_size: Union[Positive, Literal["auto"]] = 8
+    batch_size: Union[Positive, Literal["auto"]] = 48
     max_batch_size: Positive = 64
-    max_new_tokens: Positive = 64
+    max_new_tokens: Positive = 48
     max_prompt_tokens: Positive = 512
     do_sample: StrictBool = False
     temperature: Annotated[Number, Field(gt=0)] = 1.0
@@ -217,26 +230,42 @@ class Config:
 
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    raw = {name: {} if value is None else value for name, value in raw.items()}  # `train:` alone: the defaults
-    for item in overrides:
-        _apply_override(raw, item)
+    raw = _raw_config(path, overrides)
     try:
         cfg = TypeAdapter(Config).validate_python(raw)
     except ValidationError as exc:
         raise _config_error(exc.errors(), overrides) from None
     validate(cfg)
     return cfg
+
+
+def output_dir_of(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> str | None:
+    """output.dir as a config that fails its checks still gives it (the file's or an override's, else the
+    default), so that the error can be logged there; None when the file or an override cannot be read at all or
+    output.dir itself is not text."""
+    try:
+        output = _raw_config(path, overrides).get("output", {})
+    except ConfigError:
+        return None
+    value = output.get("dir", OutputConfig().dir) if isinstance(output, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def to_yaml(cfg: Config) -> str:
+    """The config as YAML in field order; text with a line break or another control character double-quoted with
+    escapes (stop_strings: ["\\n\\n"]), where PyYAML's default folds it over lines as '\\n\\n    '."""
+    return yaml.dump(to_dict(cfg), Dumper=_EscapingDumper, sort_keys=False, allow_unicode=True)
+
+
+class _EscapingDumper(yaml.SafeDumper):
+    pass
+
+
+def _text(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=None if text.isprintable() else '"')
+
+
+_EscapingDumper.add_representer(str, _text)
 
 
 def to_dict(cfg: Config) -> dict:
@@ -264,6 +293,16 @@ def validate(cfg: Config) -> None:
     if cfg.score.reference not in known and not CHECKPOINT_NAME.fullmatch(cfg.score.reference):
         raise ConfigError(f"score.reference: {cfg.score.reference!r} is not a model of this run "
                           f"({', '.join(sorted(known))}, or checkpoint-N with score.checkpoints)")
+    for key, value, module, enum in (("train.optim", cfg.train.optim, "training_args", "OptimizerNames"),
+                                     ("train.lr_scheduler_type", cfg.train.lr_scheduler_type, "trainer_utils",
+                                      "SchedulerType")):
+        allowed = transformers_choices(module, enum)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of transformers {metadata.version('transformers')}'s "
+                              f"values: {', '.join(allowed)}")
+    if cfg.train.lr_scheduler_type in SCHEDULERS_NEEDING_EVALUATION:
+        raise ConfigError(f"train.lr_scheduler_type: {cfg.train.lr_scheduler_type!r} steps on an evaluation metric, "
+                          "and training here runs no evaluation (validation loss is taken once, at the end)")
     for integration in cfg.train.report_to:
         package = TRACKER_PACKAGES[integration]
         if importlib.util.find_spec(package) is None:
@@ -271,6 +310,24 @@ def validate(cfg: Config) -> None:
                               f"installed (pip install {package}), or remove it from train.report_to")
 
 
+@functools.cache
+def transformers_choices(module: str, enum: str) -> tuple[str, ...]:
+    """The values of an enum of the installed transformers (training_args.OptimizerNames, trainer_utils.
+    SchedulerType), read from its source: importing either module takes ~4.5 s (torch, peft), which checking a
+    config (config show) must not cost. Imported after all when the source does not list them as plain strings."""
+    spec = importlib.util.find_spec("transformers")
+    try:
+        tree = ast.parse((Path(spec.submodule_search_locations[0]) / f"{module}.py").read_text(encoding="utf-8"))
+        body = next(node.body for node in tree.body if isinstance(node, ast.ClassDef) and node.name == enum)
+        values = tuple(node.value.value for node in body if isinstance(node, ast.Assign)
+                       and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str))
+    except (OSError, SyntaxError, StopIteration):
+        values = ()
+    return values or tuple(member.value for member in getattr(importlib.import_module(f"transformers.{module}"), enum))
+
+
+# TrainingArguments refuses these without an evaluation strategy, and the train stage sets none.
+SCHEDULERS_NEEDING_EVALUATION = ("reduce_lr_on_plateau", "greedy")
 # Models every run has: the base model and the tuned one (trained here, or model.adapter).
 RESERVED_MODEL_NAMES = ("base", "tuned")
 MODEL_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -281,6 +338,25 @@ REMOVED_KEYS = {
     "data.max_eval_samples": "data.max_eval_samples was split into data.max_validation_samples (validation loss) "
                              "and data.max_test_samples (the rows generated and scored); set those instead",
 }
+
+
+def _raw_config(path: str | Path | None, overrides: typing.Sequence[str]) -> dict:
+    """The file's sections with the overrides applied, not yet typed or checked."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = {name: {} if value is None else value for name, value in raw.items()}  # `train:` alone: the defaults
+    for item in overrides:
+        _apply_override(raw, item)
+    return raw
 
 
 def _apply_override(raw: dict, item: str) -> None:

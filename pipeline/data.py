@@ -4,6 +4,10 @@ Every split comes back as plain rows {"id": "test:17", "input": ..., "target": .
 validated before any work starts: a bad row is reported with its file, split, row number and column, and all
 text is NFC-normalized (pipeline/text.py), so NFD and NFC copies of a dataset are the same data.
 
+A run uses up to data.max_<split>_samples rows of each split, chosen by data.sample (sample_split): the first N
+(the default), a seeded uniform sample, or a sample stratified by question type. The chosen ids enter the stages'
+hashes through fingerprint(), so another sample is never taken for the one a stage already made.
+
 Row numbers: jsonl, the line of the file; csv, the data row (the header is row 0) and its line; parquet and the
 Hub, the 1-based row. Ids are 0-based indices of the split.
 
@@ -22,8 +26,8 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.config import DataConfig
-from pipeline.errors import DataError, first_line, hub_error
-from pipeline.text import normalize, split_label, with_label
+from pipeline.errors import ConfigError, DataError, first_line, hub_error
+from pipeline.text import normalize, question_type, with_label
 
 log = logging.getLogger(__name__)
 
@@ -32,40 +36,88 @@ SUFFIXES = (".jsonl", ".csv", ".parquet")
 
 
 def load_split(cfg: DataConfig, split: str, token: str | None = None, limit: int | None = None) -> list[dict]:
-    """One validated split as rows {id, input, target}; `limit` keeps the first N rows."""
-    path = local_split_path(cfg, split)
-    columns = [c for c in (cfg.input_column, cfg.target_column, cfg.label_column) if c]
-    if path is None:
-        where, numbered = f"{cfg.source} (Hub, split {split})", _hub_rows(cfg, split, token, columns)
-    else:
-        where, numbered = f"{path} (split {split})", _file_rows(path, split)
+    """One validated split as rows {id, input, target}, failing on its first bad row; `limit` keeps the first N
+    rows (and reads no further)."""
     rows = []
-    for place, raw in numbered:
-        if limit is not None and len(rows) >= limit:
+    for row, problem in _checked_rows(cfg, split, token):
+        if problem:
+            raise DataError(problem)
+        rows.append(row)
+        if len(rows) == limit:
             break
-        if not isinstance(raw, dict):
-            raise DataError(f"{where} {place}: expected an object with named columns, got {type(raw).__name__}")
-        values = {}
-        for column in columns:
-            if column not in raw:
-                raise DataError(f"{where} {place}: column {column!r} is missing (columns: {', '.join(raw)}; "
-                                "set data.input_column / target_column / label_column)")
-            problem = _value_problem(raw[column])
-            if problem:
-                raise DataError(f"{where} {place}: column {column!r} {problem}")
-            values[column] = normalize(raw[column])
-        target = values[cfg.target_column]
-        if cfg.label_column:
-            target = with_label(values[cfg.label_column], target)
-        rows.append({"id": f"{split}:{len(rows)}", "input": values[cfg.input_column], "target": target})
-    if not rows:
-        raise DataError(f"{where}: the split has no rows")
     return rows
 
 
+def check_split(cfg: DataConfig, split: str, token: str | None = None) -> tuple[list[dict], list[str]]:
+    """Every row of a split validated, for `data check`: the good rows and one message per bad row (a split that
+    cannot be read at all, one message)."""
+    rows, problems = [], []
+    try:
+        for row, problem in _checked_rows(cfg, split, token):
+            if problem:
+                problems.append(problem)
+            else:
+                rows.append(row)
+    except DataError as exc:
+        problems.append(str(exc))
+    return rows, problems
+
+
 def load_splits(cfg: DataConfig, token: str | None, names: tuple[str, ...] = SPLITS) -> dict[str, list[dict]]:
-    """The splits `names`, each validated and cut to its data.max_<split>_samples."""
-    return {split: load_split(cfg, split, token, limit=getattr(cfg, f"max_{split}_samples")) for split in names}
+    """The splits `names`, each validated and cut to its data.max_<split>_samples as data.sample says."""
+    return {split: sample_split(cfg, split, token) for split in names}
+
+
+def sample_split(cfg: DataConfig, split: str, token: str | None = None) -> list[dict]:
+    """The rows of `split` a run uses: data.max_<split>_samples of them chosen by data.sample (`first` reads no
+    further than it keeps; `random` and `stratified` read and validate the whole split to choose)."""
+    limit = getattr(cfg, f"max_{split}_samples")
+    if cfg.sample == "first":
+        return load_split(cfg, split, token, limit)
+    return subset(cfg, split, load_split(cfg, split, token))
+
+
+def subset(cfg: DataConfig, split: str, rows: list[dict]) -> list[dict]:
+    """The rows of a whole split that data.max_<split>_samples and data.sample keep, in the split's order.
+
+    random and stratified rank rows by sha256(seed:id), not by a random generator: the same seed and ids choose
+    the same rows on every machine and Python version, and a larger limit keeps every row a smaller one chose."""
+    limit = getattr(cfg, f"max_{split}_samples")
+    if limit is None or limit >= len(rows):
+        return rows
+    if cfg.sample == "first":
+        return rows[:limit]
+    seed = str(cfg.sample_seed).encode()
+    ranked = sorted(range(len(rows)), key=lambda i: hashlib.sha256(seed + b":" + rows[i]["id"].encode()).digest())
+    if cfg.sample == "random":
+        return [rows[i] for i in sorted(ranked[:limit])]
+    groups: dict[str, list[int]] = {}
+    for i in ranked:
+        groups.setdefault(question_type(rows[i]["target"]), []).append(i)
+    if limit < len(groups):
+        raise ConfigError(f"data.max_{split}_samples: {limit} rows cannot hold one of each of the {len(groups)} "
+                          f"question types of the {split} split (data.sample=stratified); keep at least "
+                          f"{len(groups)}, or set data.sample=random")
+    sizes = stratum_sizes({label: len(indices) for label, indices in groups.items()}, limit)
+    return [rows[i] for i in sorted(i for label, indices in groups.items() for i in indices[:sizes[label]])]
+
+
+def stratum_sizes(counts: dict[str, int], n: int) -> dict[str, int]:
+    """How many of `n` rows each group gets so that the subset keeps the groups' proportions: the floor of each
+    quota n * count / total, the rows left over to the largest remainders (ties: the larger group, then the name),
+    then one row to every group still without one, each taken from the group most over its quota. Exact integer
+    arithmetic; needs n >= len(counts)."""
+    total = sum(counts.values())
+    sizes = {label: n * count // total for label, count in counts.items()}
+    by_remainder = sorted(counts, key=lambda label: (-(n * counts[label] % total), -counts[label], label))
+    for label in by_remainder[:n - sum(sizes.values())]:
+        sizes[label] += 1
+    for label in [label for label in by_remainder if sizes[label] == 0]:
+        donor = min((d for d in sizes if sizes[d] > 1),
+                    key=lambda d: (-(sizes[d] * total - n * counts[d]), -counts[d], d))
+        sizes[donor] -= 1
+        sizes[label] = 1
+    return sizes
 
 
 def fingerprint(rows: list[dict]) -> dict:
@@ -101,7 +153,7 @@ def local_split_path(cfg: DataConfig, split: str) -> Path | None:
 
 
 def label_counts(rows: list[dict]) -> Counter:
-    return Counter(split_label(row["target"])[0] or "(no label)" for row in rows)
+    return Counter(question_type(row["target"]) for row in rows)
 
 
 def warn_on_overlap(splits: dict[str, list[dict]]) -> dict[str, int]:
@@ -117,7 +169,51 @@ def warn_on_overlap(splits: dict[str, list[dict]]) -> dict[str, int]:
     return overlap
 
 
-# --- reading: each yields (place, row) with the place a row is reported by ------------------------------------
+# --- reading: each yields (place, row) with the place a row is reported by --------------------------------------
+
+class Unreadable(str):
+    """A reader's message in place of a row it could not parse (malformed JSON, a csv row whose fields do not
+    match the header), so that the rows after it are still read and checked."""
+
+
+def _checked_rows(cfg: DataConfig, split: str, token: str | None):
+    """(row, None) for each valid row of a split and (None, message) for each bad one, the message naming file,
+    split, row and column; a split without rows is one message. A file that cannot be read raises DataError."""
+    path = local_split_path(cfg, split)
+    columns = [c for c in (cfg.input_column, cfg.target_column, cfg.label_column) if c]
+    if path is None:
+        where, numbered = f"{cfg.source} (Hub, split {split})", _hub_rows(cfg, split, token, columns)
+    else:
+        where, numbered = f"{path} (split {split})", _file_rows(path, split)
+    index = -1
+    for index, (place, raw) in enumerate(numbered):
+        problem = _row_problem(raw, columns)
+        if problem:
+            yield None, f"{where} {place}: {problem}"
+            continue
+        values = {column: normalize(raw[column]) for column in columns}
+        target = values[cfg.target_column]
+        if cfg.label_column:
+            target = with_label(values[cfg.label_column], target)
+        yield {"id": f"{split}:{index}", "input": values[cfg.input_column], "target": target}, None
+    if index < 0:
+        yield None, f"{where}: the split has no rows"
+
+
+def _row_problem(raw, columns: list[str]) -> str | None:
+    if isinstance(raw, Unreadable):
+        return raw
+    if not isinstance(raw, dict):
+        return f"expected an object with named columns, got {type(raw).__name__}"
+    for column in columns:
+        if column not in raw:
+            return (f"column {column!r} is missing (columns: {', '.join(raw)}; set data.input_column / "
+                    "target_column / label_column)")
+        problem = _value_problem(raw[column])
+        if problem:
+            return f"column {column!r} {problem}"
+    return None
+
 
 def _file_rows(path: Path, split: str):
     where = f"{path} (split {split})"
@@ -128,7 +224,7 @@ def _file_rows(path: Path, split: str):
     if path.suffix == ".parquet":
         return _parquet_rows(content, where)
     text = _decode(content, where)
-    return _csv_rows(text, where) if path.suffix == ".csv" else _jsonl_rows(text, where)
+    return _csv_rows(text) if path.suffix == ".csv" else _jsonl_rows(text)
 
 
 def _decode(content: bytes, where: str) -> str:
@@ -141,17 +237,17 @@ def _decode(content: bytes, where: str) -> str:
                         f"{exc.start}); re-save the file as UTF-8") from None
 
 
-def _jsonl_rows(text: str, where: str):
+def _jsonl_rows(text: str):
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():  # blank lines, a trailing newline, \r\n endings
             continue
         try:
             yield f"row {number}", json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{where} row {number}: malformed JSON: {exc.msg}") from None
+            yield f"row {number}", Unreadable(f"malformed JSON: {exc}")
 
 
-def _csv_rows(text: str, where: str):
+def _csv_rows(text: str):
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
@@ -160,9 +256,10 @@ def _csv_rows(text: str, where: str):
         if not any(field.strip() for field in fields):
             continue
         if len(fields) != len(header):
-            raise DataError(f"{where} row {number} (line {reader.line_num}): {len(fields)} fields where the header "
-                            f"has {len(header)} ({', '.join(header)})")
-        yield f"row {number}", dict(zip(header, fields))
+            yield f"row {number} (line {reader.line_num})", Unreadable(
+                f"{len(fields)} fields where the header has {len(header)} ({', '.join(header)})")
+        else:
+            yield f"row {number}", dict(zip(header, fields))
 
 
 def _parquet_rows(content: bytes, where: str):

@@ -60,7 +60,7 @@ def generate(cfg: Config, output_dir: Path) -> Path:
     state = process_state()  # one process, or one of N under torchrun
 
     # --- setup: everything checked before the first row is generated ----------------------------------------
-    test = data.load_split(cfg.data, "test", sources.hf_token(cfg.model), limit=cfg.data.max_test_samples)
+    test = data.sample_split(cfg.data, "test", sources.hf_token(cfg.model))
     with state.local_main_process_first():  # one process per node converts the embedded model
         source = sources.model_source(cfg.model)
     adapters, inputs = identity.generate_inputs(cfg, output_dir, test, source)  # by content: rows, model, adapters

@@ -12,6 +12,7 @@ import re
 import unicodedata
 
 LABEL_PATTERN = re.compile(r"^\s*\(([^()]+)\)\s*")
+NO_LABEL = "(no label)"  # the question type of a text without a "(type)" label
 
 
 def normalize(text: str) -> str:
@@ -25,6 +26,11 @@ def split_label(text: str) -> tuple[str | None, str]:
     if not match:
         return None, text.strip()
     return match.group(1).strip(), text[match.end():].strip()
+
+
+def question_type(text: str) -> str:
+    """The "(type)" label of a text, or NO_LABEL: the group a row counts in (data check, stratified samples)."""
+    return split_label(text)[0] or NO_LABEL
 
 
 def with_label(label: str, question: str) -> str:

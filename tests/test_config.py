@@ -37,6 +37,31 @@ def test_1b_config_is_the_tutorial_run_with_bugs_fixed():
     full = load_config(ROOT / "configs/gemma3-1b-korean-socratic-full.yaml")
     assert full.data.max_train_samples is None
     assert full.lora == cfg.lora and full.model == cfg.model
+    assert (cfg.train.save_steps, full.train.save_steps, full.train.learning_rate, full.train.logging_steps) == (
+        100, 500, 1e-4, 10)
+    assert cfg.generate == full.generate and (cfg.generate.batch_size, cfg.generate.max_new_tokens) == (64, 64)
+
+
+# The defaults that became the demo's (they were learning_rate 1e-4, logging/save steps 10/50, batch 8, 64 tokens):
+# a config that is not the demo states each, so that none of them changes under it.
+MOVED_DEFAULTS = ("train.learning_rate", "train.logging_steps", "train.save_steps", "generate.batch_size",
+                  "generate.max_new_tokens")
+
+
+def test_no_config_is_the_demo_config(capsys):
+    assert load_config(None) == load_config(ROOT / "configs/demo.yaml")
+    assert main(["config", "show"]) == 0
+    without = capsys.readouterr().out
+    assert main(["config", "show", "--config", str(ROOT / "configs/demo.yaml")]) == 0
+    assert capsys.readouterr().out == without and "output:\n  dir: outputs/demo\n" in without
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.name != "demo.yaml"], ids=lambda p: p.name)
+def test_other_shipped_configs_state_every_default_that_moved(path):
+    import yaml
+
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert [key for key in MOVED_DEFAULTS if key.split(".")[1] not in raw[key.split(".")[0]]] == []
 
 
 def test_overrides_are_typed():
@@ -87,6 +112,16 @@ def test_bad_override_exits_2_naming_the_key(override, named, capsys):
     assert named in err and err.count("\n") == 1
 
 
+def test_config_show_prints_text_with_line_breaks_escaped_and_reads_back(capsys, tmp_path):
+    assert main(["config", "show", 'generate.stop_strings=["\\n\\n", "END"]']) == 0
+    out = capsys.readouterr().out
+    assert '  stop_strings:\n  - "\\n\\n"\n  - END\n' in out  # not - '\n\n    ' folded over three lines
+    (tmp_path / "shown.yaml").write_text(out, encoding="utf-8")
+    assert load_config(tmp_path / "shown.yaml") == load_config(None, ['generate.stop_strings=["\\n\\n", "END"]'])
+    assert main(["config", "show"]) == 0
+    assert '  stop_strings:\n  - "\\n"\n' in capsys.readouterr().out  # the plain style's
+
+
 def test_config_show_prints_the_override(capsys):
     assert main(["config", "show", "--config", str(ROOT / "configs/demo.yaml"), "train.learning_rate=2e-4"]) == 0
     assert "learning_rate: 0.0002" in capsys.readouterr().out
@@ -94,6 +129,8 @@ def test_config_show_prints_the_override(capsys):
 
 @pytest.mark.parametrize("override, key", [("train.optim=adamw", "train.optim"),
                                            ("train.lr_scheduler_type=cosine_typo", "train.lr_scheduler_type"),
+                                           ("train.lr_scheduler_type=reduce_lr_on_plateau",
+                                            "train.lr_scheduler_type: 'reduce_lr_on_plateau' steps on an evaluation"),
                                            ("score.num_examples=-1", "score.num_examples"),
                                            ("train.learning_rate=nan", "train.learning_rate"),
                                            ("generate.adapters.prod=/no/such/adapter", "generate.adapters.prod")])
@@ -193,3 +230,58 @@ def test_score_report_keys_default_and_override():
     cfg = load_config(ROOT / "configs/demo.yaml", ["score.semantic=false", "score.regression_threshold=0.1",
                                                     "score.identical_warning=0.5"])
     assert (cfg.score.semantic, cfg.score.regression_threshold, cfg.score.identical_warning) == (False, 0.1, 0.5)
+
+
+def test_the_optimizer_and_scheduler_names_read_from_source_are_the_installed_transformers_enums():
+    """config show reads them without importing transformers.training_args (4.5 s); they must be what it holds."""
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    from pipeline.config import transformers_choices
+
+    assert transformers_choices("training_args", "OptimizerNames") == tuple(m.value for m in OptimizerNames)
+    assert transformers_choices("trainer_utils", "SchedulerType") == tuple(m.value for m in SchedulerType)
+
+
+@pytest.mark.subprocess
+def test_config_show_imports_no_torch_nor_transformers(tmp_path):
+    """Why config show took ~5 s: building TRL's training arguments imported torch, transformers and peft."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from entrypoint import main; code = main(['config', 'show', 'train.optim=adamw']); "
+              "print(code, sorted(m for m in ('torch', 'transformers.training_args', 'peft', 'trl') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "2 []", done.stderr
+    assert "train.optim: 'adamw' is not one of transformers" in done.stderr
+
+
+@pytest.mark.parametrize("group", [[], ["config"], ["data"], ["model"]], ids=lambda g: " ".join(g) or "root")
+def test_help_lists_every_command_without_cutting_its_description(group, capsys):
+    assert main([*group, "--help"]) == 0
+    commands = capsys.readouterr().out.split("Commands:\n")[1]
+    assert commands.strip() and "..." not in commands
+
+
+def test_a_config_error_goes_to_the_job_log_of_the_output_dir_it_names(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert main(["train", "--config", str(ROOT / "configs/demo.yaml"), f"output.dir={out}",
+                 "train.lerning_rate=1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: unknown config key: train.lerning_rate (did you mean learning_rate?)\n"
+    assert (out / "job.log").read_text(encoding="utf-8").rstrip().endswith(f"ERROR entrypoint: {err.strip()}")
+    # no output.dir given: the default's (relative to the working directory, as a run would use it)
+    assert main(["generate", "lora.r=0"]) == 2
+    assert "ERROR entrypoint: error: lora.r: " in (tmp_path / "outputs/demo/job.log").read_text(encoding="utf-8")
+
+
+def test_a_config_whose_output_dir_cannot_be_read_errs_on_stderr_only(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n", encoding="utf-8")
+    assert main(["train", "--config", str(broken)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["score", "output.dir=[a, b]"]) == 2
+    assert "output.dir" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [broken]  # no output folder, no job.log

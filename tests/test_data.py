@@ -7,8 +7,9 @@ import pytest
 from conftest import ROOT, korean_rows, write_jsonl
 from entrypoint import main
 from pipeline import data
-from pipeline.config import DataConfig
-from pipeline.errors import DataError
+from pipeline.config import DataConfig, load_config
+from pipeline.errors import ConfigError, DataError
+from pipeline.text import split_label
 
 LABELS = {"의미 명확히 하기", "가정 살펴보기", "이유와 근거 묻기", "함의와 결과 따져보기", "다른 관점 생각하기"}
 
@@ -27,7 +28,7 @@ def test_sample_dataset_has_the_promised_shape():
         for row in rows:
             assert set(row) == {"input", "target"}
             assert row["input"].strip() == row["input"] and row["input"]
-            label, question = data.split_label(row["target"])
+            label, question = split_label(row["target"])
             assert label in LABELS and question.endswith("?") and "\n" not in row["target"]
             labels.add(label)
             sentences = [s for s in row["input"].replace("?", ".").replace("!", ".").split(".") if s.strip()]
@@ -56,7 +57,7 @@ def test_a_label_column_builds_the_labelled_target(tmp_path):
     split = data.load_split(cfg, "test")
     assert [row["target"] for row in split] == ["(clarity) Why downtown only?",
                                                 "(implication) What would people buy instead?"]
-    assert data.split_label(split[1]["target"]) == ("implication", "What would people buy instead?")
+    assert split_label(split[1]["target"]) == ("implication", "What would people buy instead?")
     rows[1]["label"] = ""
     write_jsonl(tmp_path / "test.jsonl", rows)
     with pytest.raises(DataError, match=r"row 2: column 'label' is empty"):
@@ -163,13 +164,14 @@ def test_data_check_cli(tmp_path, capsys):
         write_jsonl(tmp_path / f"{split}.jsonl", korean_rows(8))
     bad_jsonl(tmp_path, _drop(6, "target"))
     assert main(["data", "check", f"data.source={tmp_path}"]) == 2
-    err = capsys.readouterr().err
-    assert str(tmp_path / "test.jsonl") in err and "row 7" in err and "'target'" in err
+    out, err = capsys.readouterr()
+    assert str(tmp_path / "test.jsonl") in out and "row 7" in out and "'target'" in out
+    assert err == "error: 1 bad row (listed above)\n"
 
 
 def test_split_label():
-    assert data.split_label("(다른 관점 생각하기) 왜요?") == ("다른 관점 생각하기", "왜요?")
-    assert data.split_label("라벨 없는 질문?") == (None, "라벨 없는 질문?")
+    assert split_label("(다른 관점 생각하기) 왜요?") == ("다른 관점 생각하기", "왜요?")
+    assert split_label("라벨 없는 질문?") == (None, "라벨 없는 질문?")
 
 
 # --- files real people produce: each case is the bytes of a test split, and what loading it must say ----------
@@ -211,10 +213,12 @@ def test_input_files_people_produce(tmp_path, capsys, name, filename, content, e
         assert code == 0 and f"test       {expected:>7} rows" in out, (name, err)
         rows = data.load_split(DataConfig(source=str(tmp_path)), "test")
         assert [row["target"] for row in rows] == [r["target"] for r in korean_rows(expected)], name
-    else:
+    else:  # data check lists the bad row; a run stops on it with the same message
         assert code == 2, name
         assert err.count("\n") == 1 and err.startswith("error: "), err
-        assert re.search(expected, err), err
+        assert re.search(expected, out), out
+        with pytest.raises(DataError, match=expected):
+            data.load_split(DataConfig(source=str(tmp_path)), "test")
 
 
 def test_bad_test_split_fails_train_before_any_model_loads(tmp_path, capsys, monkeypatch):
@@ -230,3 +234,137 @@ def test_bad_test_split_fails_train_before_any_model_loads(tmp_path, capsys, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "test.jsonl (split test) line 1: not valid UTF-8" in err[-1]
     assert not (tmp_path / "out" / "train").exists()
+
+
+def test_data_check_names_every_bad_row_with_its_full_message(tmp_path, capsys):
+    """A missing column at row 5 no longer hides the broken JSON at row 10, nor an empty target after it."""
+    for split in ("train", "validation"):
+        write_jsonl(tmp_path / f"{split}.jsonl", korean_rows(3))
+    path = bad_jsonl(tmp_path, lambda rows, lines: (
+        lines.__setitem__(4, json.dumps({"input": rows[4]["input"]}, ensure_ascii=False)),
+        lines.__setitem__(6, json.dumps({**rows[6], "target": " "}, ensure_ascii=False)),
+        lines.append('{"input": "잘린 줄'), lines.extend(json.dumps(r, ensure_ascii=False) for r in korean_rows(2))))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[9] == '{"input": "잘린 줄'  # row 10
+    assert main(["data", "check", f"data.source={tmp_path}"]) == 2
+    out, err = capsys.readouterr()
+    listed = [line.strip() for line in out.splitlines() if str(path) in line]
+    assert listed == [f"{path} (split test) row 5: column 'target' is missing (columns: input; set "
+                      "data.input_column / target_column / label_column)",
+                      f"{path} (split test) row 7: column 'target' is empty or whitespace only",
+                      f"{path} (split test) row 10: malformed JSON: Unterminated string starting at: line 1 column "
+                      f"11 (char 10)"]
+    assert "test: 3 bad rows" in out and f"test       {len(lines) - 3:>7} rows" in out
+    assert err == "error: 3 bad rows (listed above)\n"
+    # a run stops at the first, naming file and row
+    with pytest.raises(DataError, match=r"test.jsonl \(split test\) row 5: column 'target' is missing"):
+        data.load_split(DataConfig(source=str(tmp_path)), "test")
+
+
+def test_data_check_lists_twenty_bad_rows_and_counts_the_rest(tmp_path, capsys):
+    for split in ("train", "validation"):
+        write_jsonl(tmp_path / f"{split}.jsonl", korean_rows(3))
+    (tmp_path / "test.jsonl").write_text("".join('{"input": "x"}\n' for _ in range(25)), encoding="utf-8")
+    assert main(["data", "check", f"data.source={tmp_path}"]) == 2
+    out, err = capsys.readouterr()
+    assert [n for n in range(1, 26) if f"row {n}: column 'target' is missing" in out] == list(range(1, 21))
+    assert "  and 5 more" in out and err == "error: 25 bad rows (listed above)\n"
+
+
+# --- the rows a run uses: data.max_<split>_samples chosen by data.sample --------------------------------------
+
+TYPE_COUNTS = {"가정 살펴보기": 45, "이유와 근거 묻기": 30, "함의와 결과 따져보기": 17, "다른 관점 생각하기": 8}
+
+
+def typed_split(tmp_path, counts=TYPE_COUNTS):
+    """A test split with `counts` rows per question type, ordered by type (the case `first` misrepresents)."""
+    rows = [{"input": f"{label} 주장 {i}.", "target": f"({label}) 질문 {i}?"}
+            for label, n in counts.items() for i in range(n)]
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    return rows
+
+
+def sampled(tmp_path, **keys):
+    return data.sample_split(DataConfig(source=str(tmp_path), max_test_samples=10, **keys), "test")
+
+
+def test_stratified_keeps_the_type_proportions_by_largest_remainder(tmp_path):
+    typed_split(tmp_path)
+    rows = sampled(tmp_path, sample="stratified")
+    # quotas 4.5, 3.0, 1.7, 0.8: floors 4, 3, 1, 0; the two rows left go to the largest remainders (0.8, 0.7)
+    assert data.label_counts(rows) == {"가정 살펴보기": 4, "이유와 근거 묻기": 3, "함의와 결과 따져보기": 2,
+                                       "다른 관점 생각하기": 1}
+    ids = [row["id"] for row in rows]
+    assert ids == sorted(ids, key=lambda i: int(i.split(":")[1])) and len(set(ids)) == 10  # the split's order
+    assert [row["id"] for row in sampled(tmp_path, sample="stratified")] == ids
+    assert [row["id"] for row in sampled(tmp_path, sample="stratified", sample_seed=1)] != ids
+    assert data.label_counts(sampled(tmp_path, sample="stratified", sample_seed=1)) == data.label_counts(rows)
+    assert [row["id"] for row in sampled(tmp_path)] == [f"test:{i}" for i in range(10)]  # first: all one type
+
+
+def test_stratified_gives_every_type_a_row_taken_from_the_type_most_over_its_quota(tmp_path):
+    typed_split(tmp_path, {"A": 60, "B": 37, "C": 3})
+    # quotas 6.0, 3.7, 0.3: 6, 4, 0 by largest remainder; C's row comes from B (4 - 3.7 over its quota, A 0)
+    assert data.label_counts(sampled(tmp_path, sample="stratified")) == {"A": 6, "B": 3, "C": 1}
+    typed_split(tmp_path, {f"T{i}": 5 for i in range(11)})
+    with pytest.raises(ConfigError, match=r"data.max_test_samples: 10 rows cannot hold one of each of the 11 "):
+        sampled(tmp_path, sample="stratified")
+
+
+def test_random_is_a_seeded_uniform_sample_in_the_splits_order(tmp_path):
+    typed_split(tmp_path)
+    rows = sampled(tmp_path, sample="random")
+    ids = [row["id"] for row in rows]
+    assert len(set(ids)) == 10 and ids == sorted(ids, key=lambda i: int(i.split(":")[1]))
+    assert [row["id"] for row in sampled(tmp_path, sample="random")] == ids
+    assert [row["id"] for row in sampled(tmp_path, sample="random", sample_seed=7)] != ids
+    # a larger sample keeps every row of a smaller one (rows are ranked once by seed and id)
+    larger = data.sample_split(DataConfig(source=str(tmp_path), max_test_samples=30, sample="random"), "test")
+    assert set(ids) <= {row["id"] for row in larger}
+    # no limit, or one the split does not reach: the whole split, whatever data.sample says
+    whole = data.load_split(DataConfig(source=str(tmp_path)), "test")
+    assert data.sample_split(DataConfig(source=str(tmp_path), sample="stratified"), "test") == whole
+    assert data.sample_split(DataConfig(source=str(tmp_path), max_test_samples=500, sample="random"), "test") == whole
+
+
+def test_another_sample_is_another_stage_input_and_first_keeps_todays_hashes(tmp_path):
+    """The rows enter the train and generate stages' hashes by content (data.fingerprint): a stratified subset
+    is never taken for the first-N one. `first` reproduces the committed baseline's test set hash."""
+    import dataclasses
+
+    from pipeline import identity
+    from pipeline.sources import Source
+    from pipeline.stage import inputs_hash
+
+    write_jsonl(tmp_path / "train.jsonl", typed_split(tmp_path))
+    write_jsonl(tmp_path / "validation.jsonl", korean_rows(3))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    source = Source("local", str(tmp_path / "model"), "model.source")
+    cfg = load_config(None, [f"data.source={tmp_path}", "data.max_train_samples=10", f"model.cache_dir={tmp_path}"])
+    hashes = {}
+    for how in ("first", "stratified", "random"):
+        changed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sample=how))
+        hashes[how] = inputs_hash(identity.train_inputs(changed, data.load_splits(changed.data, None), source))
+    assert len(set(hashes.values())) == 3
+    assert data.fingerprint(sampled(tmp_path)) != data.fingerprint(sampled(tmp_path, sample="stratified"))
+    baseline = json.loads((ROOT / "examples/baseline-report.json").read_text(encoding="utf-8"))
+    demo = load_config(ROOT / "configs/demo.yaml").data
+    assert demo.sample == "first"
+    assert data.fingerprint(data.load_splits(demo, None, ("test",))["test"]) == baseline["test_set"]
+
+
+def test_data_check_prints_the_subset_next_to_the_split(capsys):
+    assert main(["data", "check", "--config", str(ROOT / "configs/demo.yaml"), "data.max_test_samples=10",
+                 "data.sample=stratified"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    split_line = next(line for line in lines if line.startswith("test "))
+    used = lines[lines.index(split_line) + 1]
+    # the demo test split: 16, 15, 13, 9, 7 -> quotas 2.67, 2.5, 2.17, 1.5, 1.17 -> 3, 3, 2, 1, 1
+    assert split_line.split("rows")[1].strip() == ("이유와 근거 묻기 16, 의미 명확히 하기 15, 함의와 결과 따져보기 13, "
+                                                  "다른 관점 생각하기 9, 가정 살펴보기 7")
+    assert used.split("rows")[1].strip() == ("이유와 근거 묻기 3, 의미 명확히 하기 3, 함의와 결과 따져보기 2, 다른 관점 생각하기 1, "
+                                            "가정 살펴보기 1   (data.max_test_samples, data.sample=stratified, "
+                                            "data.sample_seed=0)")
+    assert used.startswith("  used") and " 10 rows" in used
+    assert sum(line.startswith("  used") for line in lines) == 1  # the other splits are used whole

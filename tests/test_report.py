@@ -173,7 +173,8 @@ def test_score_refuses_predictions_made_under_another_generate_config(scored, ca
             "score.bootstrap_samples=300"]
     assert main(["score", *args, "generate.max_new_tokens=999"]) == 2
     err = capsys.readouterr().err
-    assert "config.generate.max_new_tokens: 64 -> 999" in err and "entrypoint.py generate" in err
+    made_with = load_config(None).generate.max_new_tokens  # the fixture generated with the default
+    assert f"config.generate.max_new_tokens: {made_with} -> 999" in err and "entrypoint.py generate" in err
     assert report_path.read_bytes() == before
     assert main(["score", *args]) == 0 and report_path.read_bytes() == before  # same inputs: up to date
 
