@@ -28,7 +28,8 @@ from urllib.parse import quote
 from eval.gate_spec import REGRESSION_THRESHOLD
 from eval.html_sections import (bucket_table, esc, facts, finite, sanity_table, section, semantic_fact,
                                 type_delta_table, types_tables, value_text, warnings_banner)
-from eval.report_view import MIN_TYPE_ROWS, NO_LABEL, compared_models, signed
+from eval.gate_spec import MIN_TYPE_ROWS
+from eval.report_view import NO_LABEL, compared_models, signed
 from eval.stats import regression_buckets
 from pipeline.text import split_label
 

@@ -25,7 +25,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from eval import metrics
-from eval.report_view import MIN_TYPE_ROWS, compared_models, distribution, plot_names, type_labels, type_rows
+from eval.gate_spec import MIN_TYPE_ROWS
+from eval.report_view import compared_models, distribution, plot_names, type_labels, type_rows
 from pipeline.stage import atomic_path
 
 PANEL_SIZE = (6.2, 4.6)  # inches per panel

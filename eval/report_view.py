@@ -10,7 +10,6 @@ A block a report lacks (a 3.0 report has no "sanity", "warnings", "types", "regr
 
 from __future__ import annotations
 
-from eval.gate_spec import MIN_TYPE_ROWS
 from eval.metrics import NO_LABEL
 
 MISSING = "—"  # in a table: a metric the report lacks (made by another version, or not enabled there)
