@@ -43,14 +43,25 @@ def finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def number(value) -> str:
+    """A metric's value in a table: four decimals, blank where the report has none or it is not finite."""
+    return format(value, ".4f") if finite(value) else ""
+
+
+def metric_format(name: str) -> str:
+    """The format spec of a metric in the narrow tables (eval/metrics.py: .2f for BLEU and chrF, .3f for shares)."""
+    return getattr(metrics.metric(name), "format", ".4f")
+
+
+# StrictUndefined: a key a template misspells is an error, not a blank cell. trim/lstrip_blocks: a {% %} line leaves
+# no blank line behind. `x|fmt(spec)` is Python's format(x, spec), as the f-strings before it.
 ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined,
                          trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 ENV.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "allow_nan": False}  # tojson: Korean as written, no NaN
-ENV.filters.update(fmt=format, signed=signed, number=lambda value: format(value, ".4f") if finite(value) else "")
+ENV.filters.update(fmt=format, signed=signed, number=number)
 ENV.tests["finite"] = finite
 ENV.globals.update(MISSING=MISSING, SANITY_SHARES=SANITY_SHARES, distribution=distribution, warned=warned,
-                   excludes_zero=excludes_zero,
-                   metric_format=lambda name: getattr(metrics.metric(name), "format", ".4f"))
+                   excludes_zero=excludes_zero, metric_format=metric_format)
 
 
 def render_html(report: dict, rows: dict[str, list[dict]], per_example: dict[str, dict[str, Sequence[float]]], *,
