@@ -127,10 +127,11 @@ def prompt_identity(fmt: str) -> dict:
 
 
 def code_identity() -> str:
-    """A sha256 over the code that turns predictions into a report: the metrics, report and score modules, the
-    report schema, report.html's template and the text normalization they share."""
+    """A sha256 over the code that turns predictions into a report: every file under eval/ whose suffix is .py,
+    .json, .html or .j2 (the metrics, report and score modules, the report schema, the pages' templates) and the
+    text normalization they share."""
     digest = hashlib.sha256()
-    eval_files = [path for pattern in ("*.py", "*.json", "*.html") for path in (ROOT / "eval").glob(pattern)]
+    eval_files = [path for path in (ROOT / "eval").rglob("*") if path.suffix in (".py", ".json", ".html", ".j2")]
     for path in sorted([*eval_files, ROOT / "pipeline" / "text.py"]):
         digest.update(path.name.encode("utf-8") + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

@@ -66,6 +66,8 @@ def test_report_page_holds_every_row_and_no_output_can_end_its_script(demo):
     rows = {**rows, "tuned": [{**r, "prediction": hostile} if i == 3 else r for i, r in enumerate(rows["tuned"])]}
     page = render_html(report, rows, per_example, regression_threshold=THRESHOLD, min_type_rows=10)
     assert page.count("</script>") == 2 and "<script>alert" not in page  # the data element and the page script
+    element = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S).group(1)
+    assert not {"<", ">", "&"} & set(element)  # as \\u escapes: no text can close the element or open a comment
     data = embedded_data(page)
     assert [r["id"] for r in data["rows"]] == [r["id"] for r in rows["base"]]
     assert data["rows"][3]["outputs"]["tuned"] == hostile
@@ -76,6 +78,24 @@ def test_report_page_holds_every_row_and_no_output_can_end_its_script(demo):
     assert small and small_changes
     assert page.count("too few rows to judge (&lt; 10)") == len(small) + len(small_changes)
     assert '<meta charset="utf-8">' in page and "http://" not in page and "https://" not in page
+
+
+
+def test_every_text_on_both_pages_is_escaped(demo):
+    """The static parts are templates with autoescaping: markup in a report, a model's name or a gate's note is
+    shown as text, never parsed."""
+    report, rows, per_example = demo
+    hostile = '<img src=x onerror="alert(1)">'
+    shown = "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;"
+    report = {**report, "created_at": hostile, "warnings": [{"model": "tuned", "kind": "empty", "value": 0.5,
+                                                              "limit": 0.1, "message": hostile}]}
+    page = render_html(report, rows, per_example, regression_threshold=THRESHOLD)
+    assert hostile not in page and page.count(shown) == 2  # the subtitle and the warning
+    side = {"path": hostile, "created_at": "2026-01-01", "rows": 60, "commit": None}
+    comparison = {"passed": False, "model": hostile, "baseline": side, "candidate": side, "checks": [],
+                  "notes": [hostile], "failures": [hostile]}
+    page = render_compare_html(comparison)
+    assert hostile not in page and page.count(shown) == 5  # the model, the failure, both reports' paths, the note
 
 
 # --- in a real browser ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""report.png (eval/report_png.py) and report.html's sections (eval/html.py, eval/html_sections.py) for a 3.1
+"""report.png (eval/report_png.py) and report.html's sections (eval/html.py, eval/templates/) for a 3.1
 report (tests/demo_report.py) and for the same report without the blocks 3.1 added (a 3.0 report): which panels
 are drawn, which sections are present, and that a missing block leaves its panel or section out without an error.
 The page in a real browser is tests/test_html.py's."""

@@ -187,16 +187,22 @@ def test_changed_metric_code_rescores(tmp_path, monkeypatch):
     assert read(score(config_for(out, korean_rows(N)), out))["inputs_hash"] != before
 
 
-def test_the_report_template_is_part_of_the_scoring_code(tmp_path, monkeypatch):
-    """report.html is an output of score: editing its template must not leave a finished score stage "up to date"."""
+PAGE_TEMPLATES = sorted(path.name for path in (ROOT / "eval" / "templates").glob("*.j2"))
+
+
+@pytest.mark.parametrize("name", PAGE_TEMPLATES)
+def test_every_page_template_is_part_of_the_scoring_code(tmp_path, monkeypatch, name):
+    """report.html is an output of score: editing any of its templates (eval/templates/, the page, report.html's,
+    compare.html's and the macros they share) must not leave a finished score stage "up to date"."""
     import shutil
 
+    assert len(PAGE_TEMPLATES) >= 4  # page, report, compare, macros: the glob found the templates
     shutil.copytree(identity.ROOT / "eval", tmp_path / "eval")
     (tmp_path / "pipeline").mkdir()
     shutil.copy(identity.ROOT / "pipeline" / "text.py", tmp_path / "pipeline")
     monkeypatch.setattr(identity, "ROOT", tmp_path)
     before = identity.code_identity()
-    template = tmp_path / "eval" / "report_template.html"
+    template = tmp_path / "eval" / "templates" / name
     template.write_text(template.read_text(encoding="utf-8") + "<!-- edited -->", encoding="utf-8")
     assert identity.code_identity() != before
 
