@@ -1,5 +1,5 @@
 """What the report's readers share: report.md and the card (eval/report.py, pipeline/card.py), compare's tables
-(eval/verdict.py), report.html (eval/html.py, eval/html_sections.py) and report.png (eval/report_png.py).
+(eval/verdict.py), report.html (eval/html.py, eval/templates/) and report.png (eval/report_png.py).
 
 Plain data only, no HTML and no plotting, and nothing here imports eval.report: eval.report writes report.html and
 report.png through the modules above, which read these helpers from here.
