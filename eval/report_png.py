@@ -54,14 +54,18 @@ def figure(report: dict, min_type_rows: int = MIN_TYPE_ROWS) -> Figure:
         draw(ax)
     for ax in axes[len(panels):]:
         ax.remove()
-    turn_crowded_labels(fig)
+    if not turn_crowded_labels(fig):
+        # The layout just computed stands (nothing moved): savefig need not compute it again (half its time).
+        fig.set_layout_engine("none")
     return fig
 
 
-def turn_crowded_labels(fig: Figure) -> None:
+def turn_crowded_labels(fig: Figure) -> bool:
     """Each panel's x tick labels, where two level neighbours would touch: turned 45 degrees, or upright where even
-    turned lines would touch (parallel labels a tick spacing s apart are s * sin(angle) apart across their lines)."""
+    turned lines would touch (parallel labels a tick spacing s apart are s * sin(angle) apart across their lines).
+    Whether any label was turned."""
     fig.draw_without_rendering()  # the constrained layout: the labels' extents are those of the saved image
+    turned = False
     for ax in fig.axes:
         labels = [label for label in ax.get_xticklabels() if label.get_text()]
         boxes = [label.get_window_extent() for label in labels]
@@ -69,6 +73,7 @@ def turn_crowded_labels(fig: Figure) -> None:
             continue
         spacing = min(np.diff([(box.x0 + box.x1) / 2 for box in boxes]))
         lines = max(box.height for box in boxes) + LABEL_GAP
+        turned = True
         for label in labels:  # turned about its end at the tick, or hanging upright below it
             label.set(**(dict(rotation=45, ha="right", rotation_mode="anchor") if spacing * math.sin(math.pi / 4)
                          >= lines else dict(rotation=90, ha="center", rotation_mode="default")))
