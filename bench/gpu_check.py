@@ -119,7 +119,7 @@ def decode_for(model, tokenizer, name: str, order: list[int], work, seconds: flo
     texts, tokens = {row["id"]: row["raw"] for row in written}, sum(row["new_tokens"] for row in written)
     steady = (done - work.batch_size) / (elapsed - first) if done > work.batch_size else done / elapsed
     return {"rows": done, "seconds": round(elapsed, 2), "first_batch_seconds": round(first, 2),
-            "rows_per_second": round(done / elapsed, 2), "steady_rows_per_second": round(steady, 2),
+            "rows_per_second": round(done / elapsed, 3), "steady_rows_per_second": round(steady, 3),
             "tokens_per_second": round(tokens / elapsed, 1),
             "gpu_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
             if model.device.type == "cuda" else None}, texts

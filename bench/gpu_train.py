@@ -78,7 +78,7 @@ def time_training(cfg, model, tokenizer, train_rows: list[dict], eval_rows: list
             "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
             "padding_free": bool(getattr(trainer.args, "padding_free", False)),
             "warmup_steps": warmup, "timed_steps": timed_steps, "timed_seconds": round(seconds, 3),
-            "wall_seconds_with_warmup": round(wall, 1), "examples_per_second": round(rows / seconds, 2),
+            "wall_seconds_with_warmup": round(wall, 1), "examples_per_second": round(rows / seconds, 3),
             "tokens_per_second": round(tokens / seconds, 1),
             "mfu": round(4 * parameters * tokens / seconds / peak, 4) if peak else None,
             "first_losses": [round(loss, 4) for loss in losses],
@@ -95,6 +95,7 @@ def stock_trainer(cfg, model, tokenizer, dataset, output_dir: Path):
 
     args = SFTConfig(output_dir=str(output_dir), per_device_train_batch_size=cfg.train.per_device_train_batch_size,
                      max_steps=cfg.train.max_steps, learning_rate=cfg.train.learning_rate, seed=cfg.train.seed,
+                     data_seed=cfg.train.seed,
                      bf16=models.resolve_dtype(cfg.model) == torch.bfloat16, logging_steps=1, save_strategy="no",
                      report_to="none", include_num_input_tokens_seen="non_padding",
                      use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
