@@ -87,7 +87,9 @@ def time_training(cfg, model, tokenizer, train_rows: list[dict], eval_rows: list
 
 def stock_trainer(cfg, model, tokenizer, dataset, output_dir: Path):
     """TRL's SFTTrainer with SFTConfig's defaults, but for what the comparison must share with ours: batch, steps,
-    learning rate, seed, dtype, LoRA; and the Trainer's token count (for tokens/s)."""
+    learning rate, seeds, dtype, LoRA, the objective (the loss on completion tokens only: TRL's default applies it
+    to prompt/completion columns, not to the pre-tokenized rows both trainers get); and the Trainer's token count
+    (for tokens/s)."""
     import peft
     from trl import SFTConfig, SFTTrainer
 
@@ -95,7 +97,7 @@ def stock_trainer(cfg, model, tokenizer, dataset, output_dir: Path):
 
     args = SFTConfig(output_dir=str(output_dir), per_device_train_batch_size=cfg.train.per_device_train_batch_size,
                      max_steps=cfg.train.max_steps, learning_rate=cfg.train.learning_rate, seed=cfg.train.seed,
-                     data_seed=cfg.train.seed,
+                     data_seed=cfg.train.seed, completion_only_loss=True,
                      bf16=models.resolve_dtype(cfg.model) == torch.bfloat16, logging_steps=1, save_strategy="no",
                      report_to="none", include_num_input_tokens_seen="non_padding",
                      use_cpu=not torch.cuda.is_available(), disable_tqdm=True)

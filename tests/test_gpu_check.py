@@ -46,6 +46,9 @@ def test_gpu_check_smoke_measures_every_figure(tmp_path, embedded_dir, capsys):
             assert run[key] == pytest.approx(rows / run["examples_per_second"], rel=5e-3, abs=0.1), key
     assert saved["train_loss_gap_to_stock"] == [gpu_train.loss_gap(saved["train"][i], saved["train"][i + 1])
                                                 for i in (0, 2)]
+    for ours_run, stock_run in (saved["train"][:2], saved["train"][2:]):
+        # The same rows and objective: before the first update (LoRA's B is zero) the float32 losses are equal.
+        assert ours_run["first_losses"][0] == pytest.approx(stock_run["first_losses"][0], abs=2e-4)
 
     end_to_end = saved["end_to_end"]
     assert (end_to_end["exit_code"], end_to_end["models"], end_to_end["rows"]) == (0, ["base", "tuned", "second"], 4)
