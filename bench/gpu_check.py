@@ -33,11 +33,13 @@ import json
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
 
 from bench.gpu_train import loss_gap, time_training
+from pipeline.errors import first_line
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_ROWS, TRAIN_ROWS, SUBSET_ROWS = 10_573, 84_582, 1_000
@@ -118,7 +120,7 @@ def decode_for(model, tokenizer, name: str, order: list[int], work, seconds: flo
         written = [json.loads(line) for line in out]
     texts, tokens = {row["id"]: row["raw"] for row in written}, sum(row["new_tokens"] for row in written)
     steady = (done - work.batch_size) / (elapsed - first) if done > work.batch_size else done / elapsed
-    return {"rows": done, "seconds": round(elapsed, 2), "first_batch_seconds": round(first, 2),
+    return {"rows": done, "seconds": round(elapsed, 3), "first_batch_seconds": round(first, 3),
             "rows_per_second": round(done / elapsed, 3), "steady_rows_per_second": round(steady, 3),
             "tokens_per_second": round(tokens / elapsed, 1),
             "gpu_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -186,37 +188,66 @@ def main(argv: list[str] | None = None) -> dict:
     # float32 logits tensor is what a CPU pays for.
     batches = (2, 4) if args.smoke else (cfg.train.per_device_train_batch_size, 16)
 
-    model = random_gemma3(tokenizer, dims, dtype, device).eval()
     results = {"date": time.strftime("%Y-%m-%d"),
                "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (smoke)",
                "torch": torch.__version__, "transformers": transformers.__version__,
                "model": "Gemma 3 1B architecture, random weights" if not args.smoke else "tiny Gemma 3, random weights",
-               "dtype": str(dtype), "targets": TARGETS,
-               "generate": time_generation(cfg, model, tokenizer, rows, 0 if args.smoke else args.generate_seconds)}
-    del model
-    train_rows, eval_rows = sample_rows("train", batches[1] * (warmup + steps)), sample_rows("validation", 4)
-    runs = [time_training(cfg, random_gemma3(tokenizer, dims, dtype, device), tokenizer, train_rows, eval_rows,
-                          batch, warmup, steps, stock)
-            for batch in batches for stock in (False, True)]
-    for run in runs:
-        run.update(train_1000_rows_seconds=round(SUBSET_ROWS / run["examples_per_second"], 1),
-                   train_epoch_seconds=round(TRAIN_ROWS / run["examples_per_second"], 1))
-    results["train"] = runs
-    results["train_loss_gap_to_stock"] = [loss_gap(runs[i], runs[i + 1]) for i in (0, 2)]
-    with tempfile.TemporaryDirectory() as work_dir:
-        results["end_to_end"] = end_to_end(tokenizer, dtype, Path(work_dir), args.smoke)
+               "dtype": str(dtype), "targets": TARGETS}
     path = Path(args.out) / "gpu_results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+    def generation() -> dict:
+        model = random_gemma3(tokenizer, dims, dtype, device).eval()
+        return time_generation(cfg, model, tokenizer, rows, 0 if args.smoke else args.generate_seconds)
+
+    def training() -> dict:
+        train_rows, eval_rows = sample_rows("train", batches[1] * (warmup + steps)), sample_rows("validation", 4)
+        runs = [time_training(cfg, random_gemma3(tokenizer, dims, dtype, device), tokenizer, train_rows, eval_rows,
+                              batch, warmup, steps, stock)
+                for batch in batches for stock in (False, True)]
+        for run in runs:
+            run.update(train_1000_rows_seconds=round(SUBSET_ROWS / run["examples_per_second"], 1),
+                       train_epoch_seconds=round(TRAIN_ROWS / run["examples_per_second"], 1))
+        return {"runs": runs, "loss_gap_to_stock": [loss_gap(runs[i], runs[i + 1]) for i in (0, 2)]}
+
+    def product() -> dict:
+        with tempfile.TemporaryDirectory() as work_dir:
+            return end_to_end(tokenizer, dtype, Path(work_dir), args.smoke)
+
+    # One GPU run is all there may be: a part that fails is recorded with its error and the others still run;
+    # the file is rewritten after each part, so a run cut short keeps what it measured.
+    for name, measure in (("generate", generation), ("train", training), ("end_to_end", product)):
+        try:
+            results[name] = measure()
+        except Exception as exc:  # noqa: BLE001 - reported in the results and the exit status, never swallowed
+            traceback.print_exc()
+            results[name] = {"error": f"{type(exc).__name__}: {first_line(exc)}"}
+        sync(device)
+        path.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     print(table(results))
     print(f"results: {path}")
+    if any("error" in results[name] for name in ("generate", "train", "end_to_end")):
+        raise SystemExit(4)
     return results
 
 
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
 def table(results: dict) -> str:
-    gen, e2e = results["generate"], results["end_to_end"]
     lines = [f"gpu-check {results['date']} on {results['device']}, torch {results['torch']}, transformers "
-             f"{results['transformers']}, {results['model']}, {results['dtype']}, attention {gen['attention']}"]
+             f"{results['transformers']}, {results['model']}, {results['dtype']}"]
+    for name, rows in (("generate", generate_lines), ("train", train_lines), ("end_to_end", end_to_end_lines)):
+        part = results[name]
+        lines += [f"{name}: FAILED: {part['error']}"] if "error" in part else rows(part)
+    return "\n".join(lines)
+
+
+def generate_lines(gen: dict) -> list[str]:
+    lines = [f"generate: attention {gen['attention']}"]
     for key, label in (("ours", "ours "), ("stock_generate", "stock")):
         run = gen[key]
         lines.append(f"generate {label} ({run['decoder']}): {run['rows_per_second']:.1f} rows/s, "
@@ -226,16 +257,24 @@ def table(results: dict) -> str:
     lines.append(f"generate: ours / stock = {gen['ratio_to_stock']:.2f} (target >= 2); rows equal to stock: "
                  f"{gen['rows_equal_to_stock']}; base + tuned on 10,573 rows: "
                  f"{gen['generate_base_and_tuned_seconds']:.0f} s (target <= 90 s)")
-    for run in results["train"]:
+    return lines
+
+
+def train_lines(train: dict) -> list[str]:
+    lines = []
+    for run in train["runs"]:
         lines.append(f"train {run['path']:>9} batch {run['batch_size']:>2}: {run['examples_per_second']:.1f} "
                      f"examples/s, {run['tokens_per_second']:.0f} tokens/s, MFU {run['mfu']} over "
                      f"{run['timed_steps']} steps; 1,000 rows {run['train_1000_rows_seconds']:.0f} s (target <= 30 s); "
                      f"epoch of 84,582 rows {run['train_epoch_seconds']:.0f} s (target <= 480 s)")
-    lines.append(f"train: largest loss gap to stock over the first steps: {results['train_loss_gap_to_stock']}")
-    lines.append(f"end to end: entrypoint run exit {e2e['exit_code']} in {e2e['seconds']:.0f} s on {e2e['device']} "
-                 f"({e2e['dtype']}, {e2e['decoder']}, {e2e['attention']}): models {', '.join(e2e['models'])}, "
-                 f"{e2e['rows']} rows scored")
-    return "\n".join(lines)
+    lines.append(f"train: largest loss gap to stock over the first steps: {train['loss_gap_to_stock']}")
+    return lines
+
+
+def end_to_end_lines(e2e: dict) -> list[str]:
+    return [f"end to end: entrypoint run exit {e2e['exit_code']} in {e2e['seconds']:.0f} s on {e2e['device']} "
+            f"({e2e['dtype']}, {e2e['decoder']}, {e2e['attention']}): models {', '.join(e2e['models'])}, "
+            f"{e2e['rows']} rows scored"]
 
 
 if __name__ == "__main__":
