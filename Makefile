@@ -67,11 +67,12 @@ gpu-check: install
 
 # The device image has torch, transformers, peft, accelerate, pyarrow, pandas, xxhash; not trl, datasets and
 # datasets' dill/multiprocess, nor what pipeline/ imports besides (config: pydantic; the card's metrics: jsonschema,
-# rouge_score, nltk). rouge_score has no wheel on PyPI: built here (pure Python).
+# rouge_score, nltk; entrypoint.py, which gpu-check runs end to end: click). rouge_score has no wheel on PyPI:
+# built here (pure Python). mecab-ko is not bundled: gpu-check's end-to-end run scores with score.tokenize=char.
 # There: pip install --no-index --no-deps --target /tmp/site .gpu/whl/*.whl, then
 # PYTHONPATH=/tmp/site:. python3 -m bench.gpu_check --tokenizer .gpu/tokenizer --out $$OUT (see README).
 GPU_WHEELS := trl datasets dill multiprocess pydantic pydantic_core annotated-types typing-inspection
-GPU_WHEELS += jsonschema jsonschema-specifications referencing rpds-py nltk defusedxml
+GPU_WHEELS += jsonschema jsonschema-specifications referencing rpds-py nltk defusedxml click
 gpu-bundle: install
 	rm -rf .gpu && mkdir -p .gpu/tokenizer .gpu/whl
 	cp "$$($(PY) -c 'from pipeline.config import ModelConfig; from pipeline.sources import ensure_embedded_model; print(ensure_embedded_model(ModelConfig()))')"/{config.json,tokenizer.json,tokenizer_config.json} .gpu/tokenizer/

@@ -152,9 +152,14 @@ class TrainConfig:
 
 @section
 class GenerateConfig:
-    # auto: start at max_batch_size and halve on an out-of-memory error (accelerate's find_executable_batch_size).
+    # auto: start at max_batch_size (on CUDA: at the rows that fit in free GPU memory, at most max_batch_size;
+    # pipeline/batch_size.py) and halve on an out-of-memory error (accelerate's find_executable_batch_size).
     batch_size: Union[Positive, Literal["auto"]] = 48
     max_batch_size: Positive = 64
+    # Which decoder generates (pipeline/decode.py, decoder()): auto is the greedy loop on a CPU (for a family with
+    # a fast spec) and transformers' generate with a static KV cache and a compiled forward on CUDA; `loop`,
+    # `generate` (stock, dynamic cache) and `static` force one. Sampling always runs `generate`.
+    decoder: Literal["auto", "loop", "generate", "static"] = "auto"
     max_new_tokens: Positive = 48
     max_prompt_tokens: Positive = 512
     do_sample: StrictBool = False

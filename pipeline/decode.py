@@ -2,9 +2,16 @@
 
     decode_batch(model, tokenizer, prompts, decoding) -> [[ids]]      decode_row(tokenizer, ids, decoding) -> record
 
-Which decoder runs (decoder()): greedy decoding of a model whose family spec has `fast_decode`
-(pipeline/families.py) runs our own loop around the model's decoder; sampling, and any model without such a spec,
-runs transformers' `model.generate`, with the same stop rules and the same prediction rows.
+Which decoder runs is decided in one place, decoder(), per device and family, from generate.decoder (auto unless
+set): on a CPU, greedy decoding of a model whose family spec has `fast_decode` (pipeline/families.py) runs our own
+loop around the model's decoder; on CUDA, transformers' `generate` with a static KV cache (STATIC), whose forward
+transformers compiles (torch.compile, mode "reduce-overhead": CUDA graphs) for a model it can compile; sampling,
+and any model without such a spec or flag, runs transformers' stock `model.generate`. All of them with the same
+stop rules and the same prediction rows. Why STATIC on CUDA: the one GPU measurement (an H200, issue 28) had stock
+`generate` 20% faster than the loop, whose every step is ~2,000 kernel launches from the host; a static cache lets
+those be replayed as one CUDA graph. Not yet measured against the loop on a GPU: bench/gpu_check.py runs both.
+STATIC pads the batch to a power of two and the prompt width to a multiple of WIDTH_BUCKET, so that a compiled
+graph is reused from batch to batch instead of recompiled for every new shape.
 
 The loop, not `model.generate`, because in a batch generate keeps computing every row until the longest one stops,
 materializes the full [rows, 262,144] logits (and a float32 copy) at every step, and checks stop strings against
@@ -33,10 +40,12 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, StoppingCriteria
 
-from pipeline import cpu_tuning, families
+from pipeline import attention, cpu_tuning, families
 from pipeline.families import FastDecode
 
-GENERATE, FAST_LOOP = "model.generate", "greedy loop"  # decoder()'s names, recorded in generate_summary.json
+# decoder()'s names, recorded in generate_summary.json
+GENERATE, FAST_LOOP, STATIC = "model.generate", "greedy loop", "model.generate, static cache"
+WIDTH_BUCKET = 64  # STATIC's prompts are left-padded to a multiple of this: a few shapes to compile, little padding
 VOCAB_CHUNK = 32768  # rows of the output layer scored at once: a [batch, 32768] tile instead of [batch, 262144]
 PREFILL_ROWS = 16  # prompts prefilled together: bounds the activations of a long, wide first step
 
@@ -52,20 +61,32 @@ class Decoding:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    decoder: str = "auto"  # generate.decoder: auto, loop, generate or static
 
 
 def decode_batch(model, tokenizer, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
     """New token ids per prompt, each ending with its stop token, the token that completed a stop string, or at
     max_new_tokens. Prompts are left-padded to a common width (the batch should be length-sorted)."""
-    fast = fast_decode(model, decoding)
-    if fast is None:
-        return _with_generate(model, tokenizer, prompts, decoding)
-    return _greedy(model, fast, tokenizer, prompts, decoding)
+    used = decoder(model, decoding)
+    with attention.kernels(model):  # on CUDA the SDPA kernels without cuDNN's host cost; the CPU's as they are
+        if used == FAST_LOOP:
+            return _greedy(model, fast_decode(model, decoding), tokenizer, prompts, decoding)
+        return _with_generate(model, tokenizer, prompts, decoding, static=used == STATIC)
 
 
 def decoder(model, decoding: Decoding) -> str:
-    """Which decoder decode_batch runs for this model and decoding: FAST_LOOP or GENERATE."""
-    return GENERATE if fast_decode(model, decoding) is None else FAST_LOOP
+    """Which decoder decode_batch runs for this model, device and decoding: FAST_LOOP, STATIC or GENERATE.
+    generate.decoder=auto: STATIC on CUDA, FAST_LOOP on a CPU; either only where the model has what it needs (a
+    family spec with `fast_decode`; transformers' flag that the model compiles with a static cache), GENERATE
+    otherwise. loop/static/generate force one, with the same fallback; sampling always runs GENERATE."""
+    choice = decoding.decoder
+    if decoding.do_sample or choice == "generate":
+        return GENERATE
+    fast = FAST_LOOP if fast_decode(model, decoding) is not None else GENERATE
+    if choice == "static" or choice == "auto" and model.device.type == "cuda":
+        # _can_compile_fullgraph: transformers' own test for a model that runs a StaticCache and compiles.
+        return STATIC if getattr(model, "_can_compile_fullgraph", False) else fast
+    return fast
 
 
 def fast_decode(model, decoding: Decoding) -> FastDecode | None:
@@ -202,18 +223,24 @@ def softcapped(model, softcap: str | None, logits: torch.Tensor) -> torch.Tensor
 
 
 @torch.inference_mode()
-def _with_generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
+def _with_generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding,
+                   static: bool = False) -> list[list[int]]:
     """Decoding through `model.generate`: greedy, or sampling (temperature and top-p only; the model's own top-k
     default is switched off) from the global torch random stream that the generate stage seeds. The model's own
-    generation_config sampling defaults never apply: every setting is passed."""
-    input_ids, attention_mask = left_pad(prompts, decoding.pad_id, model.device)
+    generation_config sampling defaults never apply: every setting is passed. `static`: a static KV cache, which
+    transformers compiles the forward for on CUDA, over the batch padded to its bucket (static_batch)."""
+    rows = len(prompts)
+    padded, width = static_batch(prompts) if static else (prompts, None)
+    input_ids, attention_mask = left_pad(padded, decoding.pad_id, model.device, width)
+    cache = dict(cache_implementation="static") if static else {}
     sampling = (dict(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p, top_k=0)
                 if decoding.do_sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
     output = model.generate(
         input_ids=input_ids, attention_mask=attention_mask, **sampling, max_new_tokens=decoding.max_new_tokens,
         eos_token_id=list(decoding.stop_ids), pad_token_id=decoding.pad_id,
-        stopping_criteria=[StopStrings(tokenizer, decoding, input_ids.shape[1])] if decoding.stop_strings else None)
-    new_tokens = output[:, input_ids.shape[1]:].tolist()
+        stopping_criteria=[StopStrings(tokenizer, decoding, input_ids.shape[1])] if decoding.stop_strings else None,
+        **cache)
+    new_tokens = output[:rows, input_ids.shape[1]:].tolist()  # the rows padding the batch to its bucket dropped
     return [row[:stop_length(tokenizer, row, decoding)] for row in new_tokens]
 
 
@@ -230,8 +257,18 @@ class StopStrings(StoppingCriteria):
                             dtype=torch.bool, device=input_ids.device)
 
 
-def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, sequences))
+def static_batch(prompts: list[list[int]]) -> tuple[list[list[int]], int]:
+    """STATIC's bucket: the rows padded to a power of two with copies of the first prompt (whose outputs are
+    dropped), and the width they are left-padded to, the next multiple of WIDTH_BUCKET."""
+    rows = 1 << (len(prompts) - 1).bit_length()
+    width = -(-max(map(len, prompts)) // WIDTH_BUCKET) * WIDTH_BUCKET
+    return prompts + [prompts[0]] * (rows - len(prompts)), width
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device, width: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and attention mask, each row right-aligned in `width` columns (the longest row's if None)."""
+    width = width or max(map(len, sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import adapters as adapters_module
-from pipeline import data, identity, models, sources
+from pipeline import attention, batch_size, data, identity, models, sources
 from pipeline.config import Config
 from pipeline.decode import Decoding, decode_batch, decode_row, decoder
 from pipeline.errors import DataError, Interrupted, ResourceError, first_line, is_out_of_memory
@@ -111,7 +111,7 @@ def generate(cfg: Config, output_dir: Path) -> Path:
                 "inputs_hash": digest, "rows": len(test), "models": summarize(rows, per_model, names),
                 "processes": state.num_processes, "device": state.device.type,
                 "dtype": str(model.dtype).removeprefix("torch."),
-                "model_type": model.config.model_type, "decoder": used,
+                "model_type": model.config.model_type, "decoder": used, "attention": attention.describe(model),
                 "prompts_truncated": truncated, "resumed_rows": len(done),
                 "max_new_tokens": cfg.generate.max_new_tokens,
                 "batch_size": next((s["batch_size"] for s in reversed(per_model.values()) if "batch_size" in s), None),
@@ -139,7 +139,7 @@ def decoding(tokenizer, cfg: Config) -> Decoding:
     gen = cfg.generate
     return Decoding(max_new_tokens=gen.max_new_tokens, stop_ids=STYLES[cfg.prompt.format].stop_ids(tokenizer),
                     stop_strings=gen.stop_strings, pad_id=tokenizer.pad_token_id, do_sample=gen.do_sample,
-                    temperature=gen.temperature, top_p=gen.top_p)
+                    temperature=gen.temperature, top_p=gen.top_p, decoder=gen.decoder)
 
 
 def run_model(model, tokenizer, name: str, todo: list[int], work: Work, out, received: list[int]) -> dict:
@@ -176,7 +176,7 @@ def run_model(model, tokenizer, name: str, todo: list[int], work: Work, out, rec
 
     try:
         if work.batch_size == "auto":
-            sizes = [work.max_batch_size]
+            sizes = [batch_size.first_try(model, len(work.prompts[remaining[0]]), work.decoding, work.max_batch_size)]
             used = find_executable_batch_size(batches, starting_batch_size=sizes[0],
                                               reduce_batch_size_fn=lambda: sizes.append(sizes[-1] // 2) or sizes[-1])()
             if len(sizes) > 1:

@@ -27,7 +27,7 @@ import transformers
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from pipeline import card, data, families, identity, models, sources, tracking
+from pipeline import attention, card, data, families, gpu_training, identity, models, sources, tracking
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Interrupted, ResourceError, first_line, is_out_of_memory
 from pipeline.prompt import STYLES, fit_inputs
@@ -113,15 +113,16 @@ def training_arguments(cfg: Config, checkpoint_dir: Path) -> SFTConfig:
         if value not in {member.value for member in allowed}:
             raise ConfigError(f"{key}: {value!r} is not one of transformers {transformers.__version__}'s values: "
                               f"{', '.join(member.value for member in allowed)}")
+    # On CUDA the same effective batch in larger per-device batches (pipeline/gpu_training.py); the CPU's as set.
+    per_device, accumulation = gpu_training.batch_split(cfg.train, torch.cuda.is_available())
     try:
         return SFTConfig(
             output_dir=str(checkpoint_dir),
             seed=cfg.train.seed, data_seed=cfg.train.seed,
             learning_rate=cfg.train.learning_rate, num_train_epochs=cfg.train.num_train_epochs,
-            max_steps=cfg.train.max_steps, per_device_train_batch_size=cfg.train.per_device_train_batch_size,
-            per_device_eval_batch_size=cfg.train.per_device_train_batch_size,
-            auto_find_batch_size=cfg.train.auto_find_batch_size,
-            gradient_accumulation_steps=cfg.train.gradient_accumulation_steps, optim=cfg.train.optim,
+            max_steps=cfg.train.max_steps, per_device_train_batch_size=per_device,
+            per_device_eval_batch_size=per_device, auto_find_batch_size=cfg.train.auto_find_batch_size,
+            gradient_accumulation_steps=accumulation, optim=cfg.train.optim,
             lr_scheduler_type=cfg.train.lr_scheduler_type, warmup_steps=cfg.train.warmup_ratio,  # < 1: a ratio
             weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.max_grad_norm,
             # The model is loaded in its dtype (bf16 on capable GPUs, fp32 on CPU); fp16 is never used.
@@ -130,6 +131,7 @@ def training_arguments(cfg: Config, checkpoint_dir: Path) -> SFTConfig:
             **{CHECKPOINTING: cfg.train.gradient_checkpointing},
             # Padding-free batches: no compute on pad tokens. Prompts are already cut to fit, so no max_length.
             padding_free=cfg.train.padding_free, max_length=None,
+            **gpu_training.sampling(cfg.train, torch.cuda.is_available()),
             completion_only_loss=True,
             logging_steps=cfg.train.logging_steps, logging_first_step=True,
             # The Trainer counts the tokens it trains on and keeps the count in its checkpoints, so tokens/s after
@@ -181,8 +183,10 @@ def fit(trainer: SFTTrainer, cfg: Config,
     resumed = Resumed.read(checkpoint) if checkpoint else None
     if checkpoint:
         log.info("train: resuming from %s (step %d)", checkpoint, resumed.step)
-    # The CPU tuning measured on the model's family (pipeline/families.py); the stock Trainer for any other model.
-    with families.of(trainer.model.config).training_tuning(trainer.args.device), quiet_scalar_gathers():
+    # The CPU tuning measured on the model's family (pipeline/families.py); the stock Trainer for any other model;
+    # on CUDA SDPA without cuDNN's kernel (pipeline/attention.py).
+    with families.of(trainer.model.config).training_tuning(trainer.args.device), attention.kernels(trainer.model), \
+            quiet_scalar_gathers():
         stop = StopTogetherOnSignal(trainer.accelerator, received)
         trainer.add_callback(stop)
         try:

@@ -95,6 +95,7 @@ def test_predictions_cover_every_row_with_both_models_in_original_order(referenc
     assert base != tuned, "the adapter must change the outputs"
     summary = json.loads(summary_path.read_text())
     assert summary["rows"] == ROWS and set(summary["models"]) == {"base", "tuned"}
+    assert (summary["decoder"], summary["attention"]) == ("greedy loop", "sdpa (cpu)")
     assert (summary["max_new_tokens"], summary["batch_size"], summary["dtype"], summary["processes"],
             summary["prompts_truncated"], summary["resumed_rows"]) == (8, 4, "float32", 1, 0, 0)
     for name, stats in summary["models"].items():
@@ -114,6 +115,13 @@ def test_predictions_cover_every_row_with_both_models_in_original_order(referenc
 def test_two_runs_are_byte_identical(reference, tiny_model_dir, tiny_data, adapter_out, tmp_path):
     again, _ = run(tiny_model_dir, tiny_data, tmp_path, adapter_out)
     assert again.read_bytes() == reference[0].read_bytes()
+
+
+def test_the_static_cache_decoder_writes_the_loops_bytes(reference, tiny_model_dir, tiny_data, adapter_out, tmp_path):
+    """generate.decoder=static (CUDA's default; not compiled on a CPU) through the stage, base and adapter."""
+    predictions, summary = run(tiny_model_dir, tiny_data, tmp_path, adapter_out, decoder="static")
+    assert json.loads(summary.read_text())["decoder"] == "model.generate, static cache"
+    assert predictions.read_bytes() == reference[0].read_bytes()
 
 
 @pytest.fixture
