@@ -77,6 +77,7 @@ def turn_crowded_labels(fig: Figure) -> bool:
         for label in labels:  # turned about its end at the tick, or hanging upright below it
             label.set(**(dict(rotation=45, ha="right", rotation_mode="anchor") if spacing * math.sin(math.pi / 4)
                          >= lines else dict(rotation=90, ha="center", rotation_mode="default")))
+    return turned
 
 
 def write_png(report: dict, path: Path) -> None:
