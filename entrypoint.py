@@ -170,8 +170,8 @@ def generate_command(config_path: str | None, overrides: tuple[str, ...]) -> Non
 @config_args
 def score_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """predictions.jsonl -> <output.dir>/report.json, report.md, report.png; the trained adapter's model card."""
+    from eval.card import write_adapter_card
     from eval.score import score
-    from pipeline.card import write_adapter_card
 
     cfg = load_job_config(config_path, overrides)
     report_path = score(cfg, Path(cfg.output.dir))
@@ -187,8 +187,8 @@ def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """train -> generate -> score in one output directory (with model.adapter: generate -> score, no training).
     Finished stages with the same config are skipped, so rerunning after a crash continues where it stopped."""
     from eval.report import summary_table
+    from eval.card import write_adapter_card
     from eval.score import score
-    from pipeline.card import write_adapter_card
     from pipeline.generate import generate
     from pipeline.train import train
 
@@ -220,12 +220,14 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
     nothing at DIR)."""
     import dataclasses
 
+    from eval.card import evidence
     from pipeline.export import export
 
     cfg = load_job_config(config_path, overrides)
     if adapter_path:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter=adapter_path))
-    click.echo(f"export: {export(cfg, Path(out_dir), Path(cfg.output.dir))}")
+    results, train = evidence(cfg, Path(cfg.output.dir))  # the card carries what score measured, if about it
+    click.echo(f"export: {export(cfg, Path(out_dir), Path(cfg.output.dir), results, train)}")
 
 
 @cli.command("compare")
@@ -266,7 +268,7 @@ def compare_command(baseline: str, candidate: str, max_drop: str | None, max_dro
     metric settings, an unreadable schema version) or an option is wrong."""
     from eval.compare import compare, parse_max_drop
     from eval.verdict import compare_html, format_verdict
-    from pipeline.stage import write_text_atomic
+    from pipeline.atomic import write_text_atomic
 
     verdict = compare(Path(baseline), Path(candidate), parse_max_drop(max_drop) if max_drop is not None else {},
                       model=model, rule=rule, require_improvement=require_improvement, unpaired=unpaired,
@@ -286,7 +288,7 @@ def compare_command(baseline: str, candidate: str, max_drop: str | None, max_dro
 
 
 def is_main_process() -> bool:
-    from pipeline.stage import process_state
+    from pipeline.runtime import process_state
 
     return process_state().is_main_process
 
@@ -299,7 +301,7 @@ class RegressionFound(UserError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stage import install_stop_handlers
+    from pipeline.signals import install_stop_handlers
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     install_stop_handlers()  # first: a stop during loading, converting or scoring must not wait for SIGKILL

@@ -7,7 +7,7 @@ this builds google/gemma-3-1b-it's architecture (dimensions from its config) wit
 - generate: our decoding loop (pipeline.generate.run_model) over as many prompts as the real test split has
   (10,573, cycled from data/sample), in the config's batches. Random weights never stop, so every row runs to
   max_new_tokens: the worst case. Base + tuned = twice this pass (the merged tuned model has the same shape).
-- train: our trainer (pipeline.train.build_trainer: TRL SFTTrainer + PEFT LoRA) for a few steps at the config's
+- train: our trainer (pipeline.sft.build_trainer: TRL SFTTrainer + PEFT LoRA) for a few steps at the config's
   batch size and at 16; steady-state examples/s after the first steps, then the time for 1,000 rows and for
   one epoch of 84,582.
 
@@ -58,7 +58,8 @@ def sample_rows(split: str, count: int) -> list[dict]:
 
 def time_generation(cfg, tokenizer, dims, dtype, device, rows: int) -> dict:
     from pipeline.decode import Decoding
-    from pipeline.generate import Work, prompt_ids, run_model
+    from pipeline.batches import Work, run_model
+    from pipeline.tokenized import prompt_ids
 
     model = random_gemma3(tokenizer, dims, dtype, device).eval()
     test = sample_rows("test", rows)
@@ -81,7 +82,8 @@ def time_generation(cfg, tokenizer, dims, dtype, device, rows: int) -> dict:
 def time_training(cfg, tokenizer, dims, dtype, device, batch_size: int, steps: int) -> dict:
     from transformers import TrainerCallback
 
-    from pipeline.train import build_trainer, fit, sft_dataset, training_arguments
+    from pipeline.sft import build_trainer, fit, training_arguments
+    from pipeline.tokenized import sft_dataset
 
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, per_device_train_batch_size=batch_size, max_steps=steps, save_steps=10**9, logging_steps=1))
@@ -112,7 +114,7 @@ def sync(device) -> None:
 
 
 def peak_memory(device) -> dict:
-    from pipeline.stage import peak_memory as process_peak
+    from pipeline.runtime import peak_memory as process_peak
 
     peak = process_peak()
     if device.type == "cuda":

@@ -78,7 +78,9 @@ def generate_tutorial() -> dict:
 
 
 def generate_ours() -> dict:
-    from pipeline.generate import Work, decoding, prompt_ids, run_model
+    from pipeline.batches import Work, run_model
+    from pipeline.decode import decoding
+    from pipeline.tokenized import prompt_ids
 
     cfg, tokenizer, model = setup()
     rows = test_rows(PROMPTS)
@@ -114,7 +116,8 @@ def train_tutorial() -> dict:
 
 
 def train_ours() -> dict:
-    from pipeline.train import build_trainer, fit, sft_dataset, training_arguments
+    from pipeline.sft import build_trainer, fit, training_arguments
+    from pipeline.tokenized import sft_dataset
 
     cfg, tokenizer, model = setup()
     dataset, _ = sft_dataset(train_rows(TRAIN_STEPS * TRAIN_BATCH), tokenizer, cfg)
@@ -147,7 +150,7 @@ def run_case(name: str) -> dict:
 
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--case":
-        from pipeline.stage import peak_memory
+        from pipeline.runtime import peak_memory
 
         result = CASES[sys.argv[2]]()
         print(json.dumps({**result, "peak_memory": peak_memory()}, ensure_ascii=False))

@@ -15,7 +15,7 @@ from eval import metrics
 from eval.html import render_html
 from eval.report_png import write_png
 from eval.report_view import MIN_TYPE_ROWS, MISSING, cell, change, compared_models, distribution
-from pipeline.stage import write_json_atomic, write_text_atomic
+from pipeline.atomic import write_json_atomic, write_text_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 SCHEMA_VERSION = "3.1"

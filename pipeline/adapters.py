@@ -1,9 +1,10 @@
 """The adapters a generate pass evaluates, checked against the base model, and merged into it one at a time.
 
-    adapters_to_evaluate(cfg, output_dir) -> [Adapter]     check(adapter, model, cfg)     with merged(model, a): ...
+    resolved(cfg, output_dir) -> ([Adapter], identities)     check(adapter, model, cfg)     with merged(model, a): ...
 
 Each adapter's source (pipeline/sources.py: a folder or a Hub id at a revision, with the token) is resolved once,
-here, and used as it is by the checks, the stage hashes (pipeline/identity.py) and the loading.
+here, identified by content (adapter_identity, for the generate stage's inputs) and used as it is by the checks
+and the loading.
 
 "tuned" is the adapter trained in <output>/train (or model.adapter, which skips training), then the named
 `generate.adapters`, then, with score.checkpoints, every training checkpoint still on disk ("checkpoint-N").
@@ -25,8 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import models, sources
-from pipeline.config import Config
+from pipeline import identity, models, sources
+from pipeline.config import Config, ModelConfig
 from pipeline.errors import ConfigError, hub_error
 from pipeline.sources import Source
 
@@ -65,20 +66,31 @@ def configured(cfg: Config) -> list[Adapter]:
                     for name, text in cfg.generate.adapters.items()]
 
 
-def identities(adapters: list[Adapter], cfg: Config) -> dict[str, dict]:
-    """What each adapter is, for the generate stage's inputs: a local adapter by the sha256 of its config and
-    weights, a Hub adapter by the commit its revision resolves to (pipeline/identity.py)."""
-    from pipeline.identity import adapter_identity
+def resolved(cfg: Config, output_dir: Path) -> tuple[list[Adapter], dict[str, dict]]:
+    """Every adapter of this run (adapters_to_evaluate), each Hub one pinned to the commit its revision resolves
+    to now, and what each one is (adapter_identity), for the generate stage's inputs."""
+    adapters = adapters_to_evaluate(cfg, output_dir)
+    found = identities(adapters, cfg)
+    return pinned(adapters, found), found
 
+
+def identities(adapters: list[Adapter], cfg: Config) -> dict[str, dict]:
     return {a.name: adapter_identity(a.source, cfg.model) for a in adapters}
+
+
+def adapter_identity(source: Source, cfg: ModelConfig) -> dict:
+    """A local adapter by the sha256 of its config and weights (a new adapter at the same path is not the old
+    one); a Hub adapter by the commit its revision resolves to."""
+    if source.kind != "hub":
+        folder = Path(source.location)
+        return identity.file_hashes([folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS], sources.cache_root(cfg))
+    return {"hub": source.location, "commit": identity.hub_commit(source, ADAPTER_CONFIG)}
 
 
 def pinned(adapters: list[Adapter], found: dict[str, dict]) -> list[Adapter]:
     """The adapters with each Hub revision replaced by the commit it resolved to, so what is loaded is what the
     stage recorded."""
-    from pipeline.identity import pinned as pinned_source
-
-    return [dataclasses.replace(a, source=pinned_source(a.source, found[a.name])) for a in adapters]
+    return [dataclasses.replace(a, source=identity.pinned(a.source, found[a.name])) for a in adapters]
 
 
 def check_files(adapter: Adapter, trained: Path | None = None) -> None:

@@ -68,12 +68,13 @@ def load_splits(cfg: DataConfig, token: str | None, names: tuple[str, ...] = SPL
     return {split: load_split(cfg, split, token, limit=getattr(cfg, f"max_{split}_samples")) for split in names}
 
 
-def fingerprint(rows: list[dict]) -> dict:
-    """The rows by content: how many, and a sha256 over their ids, inputs and targets in order, as validated and
-    NFC-normalized (no second read of any file). A report's test_set is this hash of the rows it scored."""
+def fingerprint(rows: list[dict], fields: tuple[str, ...] = ("id", "input", "target")) -> dict:
+    """The rows by content: how many, and a sha256 over their ids, inputs and targets (or `fields`) in order, as
+    validated and NFC-normalized (no second read of any file). A report's test_set is this hash of the rows it
+    scored; generation, which never reads a target, depends on ("id", "input") only."""
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps([row["id"], row["input"], row["target"]], ensure_ascii=False).encode("utf-8"))
+        digest.update(json.dumps([row[field] for field in fields], ensure_ascii=False).encode("utf-8"))
         digest.update(b"\n")
     return {"rows": len(rows), "sha256": digest.hexdigest()}
 

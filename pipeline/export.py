@@ -25,11 +25,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline import adapters, card, data, generate, identity, models, sources
+from pipeline import adapters, card, data, decode, identity, models, sources
+from pipeline.atomic import atomic_path
 from pipeline.config import Config
 from pipeline.decode import Decoding, decode_batch, decode_row
 from pipeline.errors import ConfigError, UserError
-from pipeline.stage import atomic_path, write_json_atomic
+from pipeline.stage import StageRecord
+from pipeline.tokenized import prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,10 @@ class MergedModelDiffers(UserError):
     exit_code = 1
 
 
-def export(cfg: Config, out: Path, output_dir: Path) -> Path:
+def export(cfg: Config, out: Path, output_dir: Path, results: card.Results | None = None,
+           train: dict | None = None) -> Path:
+    """`results` and `train`: what the score and train stages measured about this adapter, for the card
+    (eval/card.py, evidence)."""
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} exists and is not empty: export never overwrites; name a new folder")
@@ -55,13 +60,15 @@ def export(cfg: Config, out: Path, output_dir: Path) -> Path:
     adapter = adapters.pinned([adapter], found)[0]
     rows = data.load_split(cfg.data, "test", sources.hf_token(cfg.model), limit=cfg.export.check_rows)
     source = sources.model_source(cfg.model)
-    source = identity.pinned(source, identity.model_identity(cfg.model, source))
+    model_id = identity.model_identity(cfg.model, source)
+    record = StageRecord("export", out, identity.export_inputs(cfg, rows, model_id, found[adapter.name]))
+    source = identity.pinned(source, model_id)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = models.load_tokenizer(cfg.model, source)
     base = models.load_model(cfg.model, source, device=device).eval()
     adapters.check(adapter, base, cfg)
-    prompts, _ = generate.prompt_ids(tokenizer, rows, cfg)
-    evaluated = generate.decoding(tokenizer, cfg)
+    prompts, _ = prompt_ids(tokenizer, rows, cfg)
+    evaluated = decode.decoding(tokenizer, cfg)
     greedy = dataclasses.replace(evaluated, do_sample=False)
     batch_size = cfg.generate.batch_size if cfg.generate.batch_size != "auto" else cfg.generate.max_batch_size
 
@@ -89,8 +96,8 @@ def export(cfg: Config, out: Path, output_dir: Path) -> Path:
                 f"the merged model differs from base + adapter: {summary['identical_rows']} of {len(rows)} test rows "
                 f"identical in {summary['dtype']} (required share {summary['required_share']}; first: {first['id']}"
                 f", {first['base_plus_adapter']!r} vs {first['merged']!r}); nothing was written to {out}")
-        card.write_card(tmp / "README.md", card.model_card(cfg, *card.evidence(cfg, output_dir), merged=summary))
-        write_json_atomic(tmp / "export_summary.json", {**summary, "files": sorted(
+        card.write_card(tmp / "README.md", card.model_card(cfg, train, results, merged=summary))
+        dataclasses.replace(record, directory=tmp).finish({**summary, "files": sorted(
             [p.name for p in tmp.iterdir()] + ["export_summary.json"])})
     log.info("export: merged model in %s (%d of %d rows identical, %.0f s)", out, summary["identical_rows"],
              len(rows), summary["seconds"])

@@ -64,19 +64,21 @@ def test_same_content_at_another_path_is_up_to_date(tiny_model_dir, evaluated, t
     assert json.loads((out / "report.json").read_text())["test_set"] == json.loads(report)["test_set"]
 
 
-def test_an_edited_reference_regenerates_and_rescores(tiny_model_dir, evaluated):
+def test_an_edited_reference_rescores_without_regenerating(tiny_model_dir, evaluated, caplog):
+    """Generation never reads a reference: an edited one is rescored from the data, the predictions untouched."""
     data_dir, adapter, out = evaluated
-    old = json.loads((out / "report.json").read_text())
+    old, before = json.loads((out / "report.json").read_text()), predictions(out)
     rows = korean_rows(4, 200)
-    rows[2]["target"] = "(가정 살펴보기) 고쳐 쓴 참조 질문은 무엇을 가정하나요?"
+    tuned = [json.loads(line)["prediction"] for line in before.decode().splitlines()][4 + 2]  # tuned, row 2
+    rows[2]["target"] = f"(가정 살펴보기) {tuned}"  # the tuned model's own question, labelled
     write_jsonl(data_dir / "test.jsonl", rows)
-    assert main(job("score", tiny_model_dir, data_dir, out, adapter)) == 2  # old predictions: refused, not rescored
-    assert json.loads((out / "report.json").read_text()) == old
-    assert main(job("run", tiny_model_dir, data_dir, out, adapter)) == 0
+    assert main(job("score", tiny_model_dir, data_dir, out, adapter)) == 0  # rescored, not refused
+    assert predictions(out) == before and not (out / "superseded").exists()
     new = json.loads((out / "report.json").read_text())
     assert new["test_set"]["sha256"] != old["test_set"]["sha256"] and new["test_set"]["rows"] == 4
-    assert [json.loads(line)["reference"] for line in predictions(out).decode().splitlines()][2] == rows[2]["target"]
-    assert (out / "superseded").is_dir()  # the old predictions are kept aside
+    assert new["metrics"]["tuned"]["rougeL"] != old["metrics"]["tuned"]["rougeL"]  # the edited row's score moved
+    assert main(job("run", tiny_model_dir, data_dir, out, adapter)) == 0
+    assert "generate: already finished" in caplog.text and predictions(out) == before
 
 
 def test_a_new_prompt_template_regenerates(tiny_model_dir, evaluated, monkeypatch):
