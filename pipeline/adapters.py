@@ -1,6 +1,7 @@
 """The adapters a generate pass evaluates, checked against the base model, and merged into it one at a time.
 
-    resolved(cfg, output_dir) -> ([Adapter], identities)     check(adapter, model, cfg)     with merged(model, a): ...
+    resolved(cfg, output_dir, cache) -> ([Adapter], identities)     check(adapter, model, cfg)
+    with merged(model, adapter) as tuned: ...        with applied(model, adapter or None) as model: ...
 
 Each adapter's source (pipeline/sources.py: a folder or a Hub id at a revision, with the token) is resolved once,
 here, identified by content (adapter_identity, for the generate stage's inputs) and used as it is by the checks
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import identity, models, sources
-from pipeline.config import Config, ModelConfig
+from pipeline.config import Config
 from pipeline.errors import ConfigError, hub_error
 from pipeline.sources import Source
 
@@ -66,31 +67,22 @@ def configured(cfg: Config) -> list[Adapter]:
                     for name, text in cfg.generate.adapters.items()]
 
 
-def resolved(cfg: Config, output_dir: Path) -> tuple[list[Adapter], dict[str, dict]]:
-    """Every adapter of this run (adapters_to_evaluate), each Hub one pinned to the commit its revision resolves
-    to now, and what each one is (adapter_identity), for the generate stage's inputs."""
+def resolved(cfg: Config, output_dir: Path, cache: Path) -> tuple[list[Adapter], dict[str, dict]]:
+    """Every adapter of this run (adapters_to_evaluate) and what each one is (adapter_identity, for a stage's
+    inputs), each Hub one pinned to the commit its revision resolves to now, so that what is loaded is what the
+    stage recorded. `cache`: the file-hash cache's folder (sources.cache_root)."""
     adapters = adapters_to_evaluate(cfg, output_dir)
-    found = identities(adapters, cfg)
-    return pinned(adapters, found), found
+    found = {a.name: adapter_identity(a.source, cache) for a in adapters}
+    return [dataclasses.replace(a, source=identity.pinned(a.source, found[a.name])) for a in adapters], found
 
 
-def identities(adapters: list[Adapter], cfg: Config) -> dict[str, dict]:
-    return {a.name: adapter_identity(a.source, cfg.model) for a in adapters}
-
-
-def adapter_identity(source: Source, cfg: ModelConfig) -> dict:
+def adapter_identity(source: Source, cache: Path) -> dict:
     """A local adapter by the sha256 of its config and weights (a new adapter at the same path is not the old
     one); a Hub adapter by the commit its revision resolves to."""
     if source.kind != "hub":
         folder = Path(source.location)
-        return identity.file_hashes([folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS], sources.cache_root(cfg))
+        return identity.file_hashes([folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS], cache)
     return {"hub": source.location, "commit": identity.hub_commit(source, ADAPTER_CONFIG)}
-
-
-def pinned(adapters: list[Adapter], found: dict[str, dict]) -> list[Adapter]:
-    """The adapters with each Hub revision replaced by the commit it resolved to, so what is loaded is what the
-    stage recorded."""
-    return [dataclasses.replace(a, source=identity.pinned(a.source, found[a.name])) for a in adapters]
 
 
 def check_files(adapter: Adapter, trained: Path | None = None) -> None:
@@ -138,6 +130,11 @@ def check(adapter: Adapter, model, cfg: Config) -> None:
                 raise ConfigError(f"{where}: {key} has shape {list(shape)}, but rank r={rank} (its "
                                   f"{ADAPTER_CONFIG}) on {cfg.model.source}'s {match.group(1)} "
                                   f"({module.in_features} -> {module.out_features}) needs {list(expected)}")
+
+
+def applied(model, adapter: Adapter | None):
+    """The model with `adapter` merged while inside (merged); the base model itself for None."""
+    return contextlib.nullcontext(model) if adapter is None else merged(model, adapter)
 
 
 @contextlib.contextmanager

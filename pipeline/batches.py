@@ -3,7 +3,7 @@ at once), each finished batch appended to the predictions file and fsynced, so a
 flight. generate.batch_size=auto starts at generate.max_batch_size and halves it on an out-of-memory error
 (accelerate's find_executable_batch_size), keeping the rows already written.
 
-    stats = run_model(model, tokenizer, name, todo, work, out, received)     summarize(rows, per_model, names)
+    stats = run_model(model, tokenizer, name, todo, work, out, received)
 """
 
 from __future__ import annotations
@@ -91,20 +91,6 @@ def run_model(model, tokenizer, name: str, todo: list[int], work: Work, out, rec
     return {"generated_rows": counts["rows"], "batch_size": used, "seconds": round(elapsed, 2),
             "rows_per_second": round(counts["rows"] / elapsed, 3),
             "tokens_per_second": round(counts["tokens"] / elapsed, 2)}
-
-
-def summarize(rows: list[dict], per_model: dict, names: list[str]) -> dict:
-    """Per model: rows, hit-max rate and mean new tokens over all rows; generated rows, batch size, time and rates
-    of this run (the main process's share when there are several)."""
-    summary = {}
-    for name in names:
-        model_rows = [r for r in rows if r["model"] == name]
-        summary[name] = {
-            **per_model[name], "rows": len(model_rows),
-            "hit_max_new_tokens_rate": round(sum(r["hit_max_new_tokens"] for r in model_rows) / len(model_rows), 4),
-            "mean_new_tokens": round(sum(r["new_tokens"] for r in model_rows) / len(model_rows), 2),
-        }
-    return summary
 
 
 def append_flushed(out, lines: list[str]) -> None:

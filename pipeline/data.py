@@ -68,10 +68,14 @@ def load_splits(cfg: DataConfig, token: str | None, names: tuple[str, ...] = SPL
     return {split: load_split(cfg, split, token, limit=getattr(cfg, f"max_{split}_samples")) for split in names}
 
 
+# What generation reads of a row: an edited target (reference) changes no prediction.
+INPUT_FIELDS = ("id", "input")
+
+
 def fingerprint(rows: list[dict], fields: tuple[str, ...] = ("id", "input", "target")) -> dict:
     """The rows by content: how many, and a sha256 over their ids, inputs and targets (or `fields`) in order, as
     validated and NFC-normalized (no second read of any file). A report's test_set is this hash of the rows it
-    scored; generation, which never reads a target, depends on ("id", "input") only."""
+    scored; generation depends on INPUT_FIELDS only."""
     digest = hashlib.sha256()
     for row in rows:
         digest.update(json.dumps([row[field] for field in fields], ensure_ascii=False).encode("utf-8"))

@@ -1,6 +1,5 @@
 """Decoding for the generate stage: a batch of prompts in, each row's new token ids out; and where a row stops.
 
-    decoding(tokenizer, cfg) -> Decoding (the generate settings and the prompt style's stops)
     decode_batch(model, tokenizer, prompts, decoding) -> [[ids]]      decode_row(tokenizer, ids, decoding) -> record
 
 Which decoder runs (decoder()): greedy decoding of a model whose family spec has `fast_decode`
@@ -35,9 +34,7 @@ import torch
 from transformers import DynamicCache, StoppingCriteria
 
 from pipeline import cpu_tuning, families
-from pipeline.config import Config
 from pipeline.families import FastDecode
-from pipeline.prompt import STYLES
 
 GENERATE, FAST_LOOP = "model.generate", "greedy loop"  # decoder()'s names, recorded in generate_summary.json
 VOCAB_CHUNK = 32768  # rows of the output layer scored at once: a [batch, 32768] tile instead of [batch, 262144]
@@ -55,15 +52,6 @@ class Decoding:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
-
-
-def decoding(tokenizer, cfg: Config) -> Decoding:
-    """How rows are decoded and where they stop: the prompt style's stop tokens, generate.stop_strings (the
-    style's unless set) and the generate settings."""
-    gen = cfg.generate
-    return Decoding(max_new_tokens=gen.max_new_tokens, stop_ids=STYLES[cfg.prompt.format].stop_ids(tokenizer),
-                    stop_strings=gen.stop_strings, pad_id=tokenizer.pad_token_id, do_sample=gen.do_sample,
-                    temperature=gen.temperature, top_p=gen.top_p)
 
 
 def decode_batch(model, tokenizer, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:

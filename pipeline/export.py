@@ -55,14 +55,15 @@ def export(cfg: Config, out: Path, output_dir: Path, results: card.Results | Non
     # The tuned adapter of this config (model.adapter, else the one trained in <output>/train), its files checked.
     only_tuned = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, adapters={}),
                                      score=dataclasses.replace(cfg.score, checkpoints=False))
-    adapter = adapters.adapters_to_evaluate(only_tuned, output_dir)[0]
-    found = adapters.identities([adapter], cfg)  # a Hub adapter or model: pinned to the commit it resolves to now
-    adapter = adapters.pinned([adapter], found)[0]
+    # A Hub adapter or model: pinned to the commit it resolves to now.
+    cache = sources.cache_root(cfg.model)
+    [adapter], found = adapters.resolved(only_tuned, output_dir, cache)
     rows = data.load_split(cfg.data, "test", sources.hf_token(cfg.model), limit=cfg.export.check_rows)
     source = sources.model_source(cfg.model)
-    model_id = identity.model_identity(cfg.model, source)
-    record = StageRecord("export", out, identity.export_inputs(cfg, rows, model_id, found[adapter.name]))
+    model_id = identity.model_identity(source, cache)
     source = identity.pinned(source, model_id)
+    record = StageRecord("export", out, identity.export_inputs(cfg, data.fingerprint(rows, data.INPUT_FIELDS),
+                                                               model_id, found[adapter.name]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = models.load_tokenizer(cfg.model, source)
     base = models.load_model(cfg.model, source, device=device).eval()

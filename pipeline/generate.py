@@ -29,14 +29,14 @@ from pathlib import Path
 
 from pipeline import adapters as adapters_module
 from pipeline import data, decode, identity, models, sources
-from pipeline.batches import Work, run_model, summarize
+from pipeline.batches import Work, run_model
 from pipeline.config import Config
 from pipeline.errors import Interrupted
-from pipeline.predictions import merge_predictions, read_done
+from pipeline.predictions import merge_predictions, read_done, summarize
 from pipeline.runtime import peak_memory, process_state
 from pipeline.signals import stop_on_signal
 from pipeline.stage import StageRecord
-from pipeline.tokenized import prompt_ids
+from pipeline.tokenized import decoding, prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +49,27 @@ def generate(cfg: Config, output_dir: Path) -> Path:
 
     # --- setup: everything checked before the first row is generated ----------------------------------------
     test = data.load_split(cfg.data, "test", sources.hf_token(cfg.model), limit=cfg.data.max_test_samples)
+    test_inputs = data.fingerprint(test, data.INPUT_FIELDS)  # generation never reads a reference
     with state.local_main_process_first():  # one process per node converts the embedded model
         source = sources.model_source(cfg.model)
-    adapters, found = adapters_module.resolved(cfg, output_dir)  # by content, Hub ones pinned
-    model_id = identity.model_identity(cfg.model, source)
-    record = StageRecord("generate", stage_dir, identity.generate_inputs(cfg, test, model_id, found))
+    cache = sources.cache_root(cfg.model)
+    adapters, found = adapters_module.resolved(cfg, output_dir, cache)  # by content, Hub ones pinned
+    model_id = identity.model_identity(source, cache)
+    source = identity.pinned(source, model_id)  # what is loaded is what the stage records
+    record = StageRecord("generate", stage_dir, identity.generate_inputs(cfg, test_inputs, model_id, found))
     if record.up_to_date():
         log.info("generate: already finished in %s from the same inputs, skipping", stage_dir)
         return stage_dir
-    source = identity.pinned(source, model_id)
     tokenizer = models.load_tokenizer(cfg.model, source)
     model = models.load_model(cfg.model, source, device=state.device).eval()
     for adapter in adapters:
         adapters_module.check(adapter, model, cfg)
     with state.main_process_first():  # only now: a run that fails its checks leaves earlier predictions in place
         record.claim()
+    stops = decoding(tokenizer, cfg)
     prompts, truncated = prompt_ids(tokenizer, test, cfg)
-    work = Work(rows=test, prompts=prompts, decoding=decode.decoding(tokenizer, cfg),
-                batch_size=cfg.generate.batch_size, max_batch_size=cfg.generate.max_batch_size, seed=cfg.generate.seed)
-    used = decode.decoder(model, work.decoding)  # the loop only for a family whose spec has it (pipeline/families.py)
-    log.info("generate: decoding %s (model type %s) with %s", cfg.model.source, model.config.model_type, used)
+    work = Work(rows=test, prompts=prompts, decoding=stops, batch_size=cfg.generate.batch_size,
+                max_batch_size=cfg.generate.max_batch_size, seed=cfg.generate.seed)
     shard_path = predictions_path if state.num_processes == 1 else (
         stage_dir / f"predictions.rank{state.process_index}-of-{state.num_processes}.jsonl")
     done = read_done(stage_dir, shard_path)  # whatever process count wrote them
@@ -84,20 +85,19 @@ def generate(cfg: Config, output_dir: Path) -> Path:
             if not todo:
                 per_model[name] = {"generated_rows": 0}
                 continue
-            if adapter is None:
-                per_model[name] = run_model(model, tokenizer, name, todo, work, out, received)
-            else:
-                with adapters_module.merged(model, adapter) as tuned:
-                    per_model[name] = run_model(tuned, tokenizer, name, todo, work, out, received)
+            with adapters_module.applied(model, adapter) as current:  # merged into the same weights, or base
+                per_model[name] = run_model(current, tokenizer, name, todo, work, out, received)
             if work.batch_size == "auto":  # the next model starts from the size that fit
                 work = dataclasses.replace(work, max_batch_size=per_model[name]["batch_size"])
         out.close()
+        used = decode.decoder(model, work.decoding)  # the loop only for a family with it (pipeline/families.py)
         state.wait_for_everyone()
         # --- save: the files merged in the original order, then the summary (its presence marks the end) ------
         if state.is_main_process:
             rows = merge_predictions(predictions_path, [row["id"] for row in test], names)
+            models_summary = summarize(rows, per_model, names)
             record.finish({
-                "rows": len(test), "models": summarize(rows, per_model, names),
+                "rows": len(test), "models": models_summary,
                 "processes": state.num_processes, "device": state.device.type,
                 "dtype": str(model.dtype).removeprefix("torch."),
                 "model_type": model.config.model_type, "decoder": used,
@@ -106,8 +106,9 @@ def generate(cfg: Config, output_dir: Path) -> Path:
                 "batch_size": next((s["batch_size"] for s in reversed(per_model.values()) if "batch_size" in s), None),
                 "batch_size_setting": cfg.generate.batch_size, "wall_seconds": round(time.perf_counter() - started, 1),
                 "peak_memory": peak_memory()})
-            log.info("generate: %d rows x %d models in %.0f s -> %s", len(test), len(names),
-                     time.perf_counter() - started, predictions_path)
+            log.info("generate: %d rows x %d models of %s (model type %s) in %.0f s with the %s -> %s", len(test),
+                     len(names), cfg.model.source, model.config.model_type, time.perf_counter() - started, used,
+                     predictions_path)
         state.wait_for_everyone()
     if received:  # it came after the last batch (merging, saving): the stage is done, the run stops here
         raise Interrupted(received[0], "stopped after the generate stage finished: rerun the same command to continue")

@@ -1,23 +1,24 @@
 """What each stage's outputs depend on, by content: the config keys it reads (STAGE_CONFIG) and the identities of
 what it reads (rows, model, prompt, adapters, code). pipeline/stage.py records and compares them.
 
-    train_inputs(cfg, splits, model)                       -> the train stage's inputs
-    generate_inputs(cfg, test, model, adapters)            -> the generate stage's: the test ids and inputs, never
-                                                              the references (generation does not read them)
-    score_inputs(cfg, test, made_from, predictions, code, engines) -> the score stage's: the references too
-    export_inputs(cfg, rows, model, adapter)               -> the merged model's
-    model_identity(cfg.model, source)  -> {"files": {name: sha256}} (a folder) or {"hub": id, "commit": sha}
+    train_inputs(cfg, train_rows, validation_rows, model)   -> the train stage's inputs
+    generate_inputs(cfg, test_inputs, model, adapters)      -> the generate stage's: the test ids and inputs, never
+                                                               the references (generation does not read them)
+    score_inputs(cfg, test_rows, made_from, predictions, code, engines) -> the score stage's: the references too
+    export_inputs(cfg, check_inputs, model, adapter)        -> the merged model's
+    model_identity(source, cache)      -> {"files": {name: sha256}} (a folder) or {"hub": id, "commit": sha}
     pinned(source, identity)           -> the Source at the commit its identity recorded (a Hub one)
     prompt_identity(fmt)               -> the prompt style (template, framing, leading space, stops), stop rules' code
     code_identity(files)               -> a sha256 over the files of code a stage's outputs depend on
     file_hashes(paths, cache_dir), file_sha256(path), hub_commit(source, filename)
 
 Adapters are identified in pipeline/adapters.py (adapter_identity), rows in pipeline/data.py (fingerprint): the
-caller resolves what a stage reads and hands the identities in. A stage is skipped only when all of these are
-unchanged, so an edited data file, a model or adapter replaced at the same path or moved on the Hub under the same
-revision, or a new prompt template redo the stage, while the same content at another path does not. A Hub model or
-adapter is identified by the commit its revision resolves to, and loaded at that commit. `source` is a
-pipeline/sources.Source: its location and token are never part of an identity.
+caller resolves what a stage reads and hands the identities in; `cache` is the folder of the file-hash cache
+(pipeline/sources.cache_root). A stage is skipped only when all of these are unchanged, so an edited data file, a
+model or adapter replaced at the same path or moved on the Hub under the same revision, or a new prompt template
+redo the stage, while the same content at another path does not. A Hub model or adapter is identified by the
+commit its revision resolves to, and loaded at that commit. `source` is a pipeline/sources.Source: its location
+and token are never part of an identity.
 
 Files are identified by their sha256. Hashing a 2 GB checkpoint takes seconds, so a stat cache in the model cache
 dir (file-hashes.json: path -> size, mtime in ns, inode, sha256) skips files untouched since they were hashed, as
@@ -33,14 +34,14 @@ import json
 import logging
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download
+import huggingface_hub
 
-from pipeline import data, decode
+from pipeline import decode
 from pipeline.atomic import write_json_atomic
-from pipeline.config import Config, ModelConfig, to_dict
+from pipeline.config import Config, to_dict
 from pipeline.errors import hub_error
 from pipeline.prompt import STYLES
-from pipeline.sources import Source, cache_root
+from pipeline.sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -61,34 +62,36 @@ STAGE_CONFIG = {
 }
 
 
-def train_inputs(cfg: Config, splits: dict[str, list[dict]], model: dict) -> dict:
-    """The train stage's config keys, its training and validation rows, the base model and the prompt."""
-    return {**config_inputs(cfg, "train"), "train_rows": data.fingerprint(splits["train"]),
-            "validation_rows": data.fingerprint(splits["validation"]), "model": model,
-            "prompt": prompt_identity(cfg.prompt.format)}
+def train_inputs(cfg: Config, train_rows: dict, validation_rows: dict, model: dict) -> dict:
+    """The train stage's config keys, its training and validation rows (data.fingerprint), the base model and the
+    prompt."""
+    prompt = prompt_identity(cfg.prompt.format)
+    return {**config_inputs(cfg, "train"), "train_rows": train_rows, "validation_rows": validation_rows,
+            "model": model, "prompt": prompt}
 
 
-def generate_inputs(cfg: Config, test: list[dict], model: dict, adapters: dict[str, dict]) -> dict:
-    """The generate stage's config keys, the test rows' ids and inputs (an edited reference changes no
-    prediction: the score stage reads references from the data), the base model, the prompt and every adapter."""
-    return {**config_inputs(cfg, "generate"), "test_inputs": data.fingerprint(test, ("id", "input")),
-            "model": model, "prompt": prompt_identity(cfg.prompt.format), "adapters": adapters}
+def generate_inputs(cfg: Config, test_inputs: dict, model: dict, adapters: dict[str, dict]) -> dict:
+    """The generate stage's config keys, the test rows' ids and inputs (data.fingerprint of data.INPUT_FIELDS: an
+    edited reference changes no prediction, the score stage reads references from the data), the base model, the
+    prompt and every adapter."""
+    prompt = prompt_identity(cfg.prompt.format)
+    return {**config_inputs(cfg, "generate"), "test_inputs": test_inputs, "model": model, "prompt": prompt,
+            "adapters": adapters}
 
 
-def score_inputs(cfg: Config, test: list[dict], made_from: dict[str, str], predictions: Path, code: list[Path],
+def score_inputs(cfg: Config, test_rows: dict, made_from: dict[str, str], predictions: Path, code: list[Path],
                  engines: dict) -> dict:
     """The whole config (the report shows it), the test rows with their references, the inputs hashes of the
     stages it reads (`made_from`), the predictions' sha256, the scoring `code` and the `engines` (packages,
     embedding backend) that compute the numbers."""
-    return {**config_inputs(cfg, "score"), "test_rows": data.fingerprint(test), **made_from,
+    return {**config_inputs(cfg, "score"), "test_rows": test_rows, **made_from,
             "predictions": file_sha256(predictions), "code": code_identity(code), **engines}
 
 
-def export_inputs(cfg: Config, rows: list[dict], model: dict, adapter: dict) -> dict:
+def export_inputs(cfg: Config, check_inputs: dict, model: dict, adapter: dict) -> dict:
     """The merged model's: its config keys (the decoding it is checked and saved with), the rows it is checked on,
     the base model and the adapter merged into it."""
-    return {**config_inputs(cfg, "export"), "check_inputs": data.fingerprint(rows, ("id", "input")), "model": model,
-            "adapter": adapter}
+    return {**config_inputs(cfg, "export"), "check_inputs": check_inputs, "model": model, "adapter": adapter}
 
 
 def config_inputs(cfg: Config, stage: str) -> dict:
@@ -111,21 +114,23 @@ def pinned(source: Source, identity: dict) -> Source:
     return dataclasses.replace(source, revision=identity["commit"]) if "commit" in identity else source
 
 
-def model_identity(cfg: ModelConfig, source: Source) -> dict:
-    """A local model folder by the sha256 of each of its files (the stat cache under cfg's cache dir); a Hub model
-    by the commit its revision resolves to (load it pinned() to that commit)."""
+def model_identity(source: Source, cache: Path) -> dict:
+    """A local model folder by the sha256 of each of its files (the stat cache in `cache`); a Hub model by the
+    commit its revision resolves to (load it pinned() to that commit)."""
     if source.kind != "hub":
         files = sorted(p for p in Path(source.location).iterdir() if p.is_file() and not p.name.startswith(".")
                        and p.name not in IGNORED_FILES)
-        return {"files": file_hashes(files, cache_root(cfg))}
+        return {"files": file_hashes(files, cache)}
     return {"hub": source.location, "commit": hub_commit(source, "config.json")}
 
 
 def hub_commit(source: Source, filename: str) -> str:
     """The commit a Hub source's revision (default main) resolves to now. It comes from the file's place in the
-    Hub cache (snapshots/<commit>/<file>), so it also works offline from a cache (HF_HUB_OFFLINE=1)."""
+    Hub cache (snapshots/<commit>/<file>), so it also works offline from a cache (HF_HUB_OFFLINE=1). Called as
+    huggingface_hub.hf_hub_download, so that a test can stand in for the Hub."""
     try:
-        path = hf_hub_download(source.location, filename, revision=source.revision, token=source.token)
+        path = huggingface_hub.hf_hub_download(source.location, filename, revision=source.revision,
+                                               token=source.token)
     except Exception as exc:
         raise hub_error(exc, f"{source.key}: cannot resolve {source.location!r} at revision "
                              f"{source.revision or 'main'}",

@@ -4,6 +4,7 @@ line left by a hard kill counts as not written), and the merge into one file in 
 that an interrupted-and-resumed run ends with the same bytes as an uninterrupted one.
 
     done = read_done(stage_dir, own_file)       rows = merge_predictions(path, ids, names)
+    summarize(rows, per_model, names) -> per model: rows, hit-max rate, mean new tokens, and this run's rates
 """
 
 from __future__ import annotations
@@ -73,3 +74,17 @@ def merge_predictions(path: Path, ids: list[str], names: list[str]) -> list[dict
         if shard != path:
             shard.unlink()
     return merged
+
+
+def summarize(rows: list[dict], per_model: dict, names: list[str]) -> dict:
+    """Per model: rows, hit-max rate and mean new tokens over all rows; generated rows, batch size, time and rates
+    of this run (the main process's share when there are several)."""
+    summary = {}
+    for name in names:
+        model_rows = [r for r in rows if r["model"] == name]
+        summary[name] = {
+            **per_model[name], "rows": len(model_rows),
+            "hit_max_new_tokens_rate": round(sum(r["hit_max_new_tokens"] for r in model_rows) / len(model_rows), 4),
+            "mean_new_tokens": round(sum(r["new_tokens"] for r in model_rows) / len(model_rows), 2),
+        }
+    return summary

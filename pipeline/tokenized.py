@@ -1,9 +1,11 @@
-"""The rows as token ids, both from the prompt style (pipeline/prompt.py), so that a generation prompt is exactly
-the prompt the model was trained on: training examples (prompt + completion, the loss on the completion only) and
-generation prompts. Inputs over the stage's max_prompt_tokens are cut from the left of the context.
+"""The rows as token ids, from the prompt style (pipeline/prompt.py), so that a generation prompt is exactly the
+prompt the model was trained on: training examples (prompt + completion, the loss on the completion only),
+generation prompts, and the token ids where a generated row stops. Inputs over the stage's max_prompt_tokens are
+cut from the left of the context.
 
     sft_dataset(rows, tokenizer, cfg) -> (datasets.Dataset of input_ids + completion_mask, rows cut)
     prompt_ids(tokenizer, rows, cfg)  -> ([prompt ids per row], rows cut)
+    decoding(tokenizer, cfg)          -> Decoding: the generate settings, the style's stop tokens and strings
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from datasets import Dataset
 
 from pipeline.config import Config
+from pipeline.decode import Decoding
 from pipeline.prompt import STYLES, fit_inputs
 
 
@@ -34,3 +37,12 @@ def prompt_ids(tokenizer, test: list[dict], cfg: Config) -> tuple[list[list[int]
     fitted, truncated = fit_inputs(tokenizer, [row["input"] for row in test], style, cfg.generate.max_prompt_tokens,
                                    "generate.max_prompt_tokens")
     return [style.prompt_ids(tokenizer, text) for text in fitted], truncated
+
+
+def decoding(tokenizer, cfg: Config) -> Decoding:
+    """How rows are decoded and where they stop: the prompt style's stop tokens, generate.stop_strings (the
+    style's unless set) and the generate settings."""
+    gen = cfg.generate
+    return Decoding(max_new_tokens=gen.max_new_tokens, stop_ids=STYLES[cfg.prompt.format].stop_ids(tokenizer),
+                    stop_strings=gen.stop_strings, pad_id=tokenizer.pad_token_id, do_sample=gen.do_sample,
+                    temperature=gen.temperature, top_p=gen.top_p)

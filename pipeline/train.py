@@ -42,12 +42,13 @@ def train(cfg: Config, output_dir: Path) -> Path:
     splits = load_splits(cfg)
     with args.main_process_first(local=True):  # one process converts the embedded model, the others reuse it
         source = sources.model_source(cfg.model)
-    model_id = identity.model_identity(cfg.model, source)
-    record = StageRecord("train", stage_dir, identity.train_inputs(cfg, splits, model_id))  # rows, model, prompt
+    model_id = identity.model_identity(source, sources.cache_root(cfg.model))
+    source = identity.pinned(source, model_id)  # what is loaded is what the stage records
+    record = StageRecord("train", stage_dir, identity.train_inputs(  # by content: the rows, the model, the prompt
+        cfg, data.fingerprint(splits["train"]), data.fingerprint(splits["validation"]), model_id))
     if record.up_to_date():  # another config's checkpoints: refused, before any work
         log.info("train: already finished in %s from the same inputs, skipping", stage_dir)
         return stage_dir
-    source = identity.pinned(source, model_id)
     tokenizer = models.load_tokenizer(cfg.model, source)  # with a pad token distinct from EOS
     model = models.load_model(cfg.model, source)
     models.check_target_modules(model, cfg.lora.target_modules, cfg.model.source)

@@ -400,7 +400,7 @@ def test_merged_adapters_leave_bf16_base_weights_bit_identical(two_adapters, tin
     from pipeline import adapters, models, sources
 
     cfg = Config(model=ModelConfig(source=str(tiny_model_dir), dtype="bfloat16"))
-    model = models.load_model(cfg.model).eval()
+    model = models.load_model(cfg.model, sources.model_source(cfg.model)).eval()
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
     for name, path in two_adapters.items():
         adapter = adapters.Adapter(name, sources.adapter_source(str(path), f"generate.adapters.{name}", cfg.model))

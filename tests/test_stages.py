@@ -135,9 +135,9 @@ def test_a_hub_model_is_identified_by_the_commit_its_revision_resolves_to(tmp_pa
     cfg = ModelConfig(source="google/gemma-3-1b-it")
     source = sources.model_source(cfg)
     (repo / "refs" / "main").write_text("a" * 40)
-    first = identity.model_identity(cfg, source)
+    first = identity.model_identity(source, sources.cache_root(cfg))
     (repo / "refs" / "main").write_text("b" * 40)  # main moved to a new commit
-    second = identity.model_identity(cfg, source)
+    second = identity.model_identity(source, sources.cache_root(cfg))
     assert first == {"hub": "google/gemma-3-1b-it", "commit": "a" * 40}  # no token in what is hashed and written
     assert second == {"hub": "google/gemma-3-1b-it", "commit": "b" * 40}
     assert identity.pinned(source, second).revision == "b" * 40  # what is loaded is what was recorded
@@ -146,7 +146,8 @@ def test_a_hub_model_is_identified_by_the_commit_its_revision_resolves_to(tmp_pa
 
     with pytest.raises(ConfigError, match="model.source: cannot resolve 'google/gemma-3-4b-it' at revision main: "
                                           "HF_HUB_OFFLINE is set and it is not in the local Hub cache"):
-        identity.model_identity(cfg, sources.model_source(ModelConfig(source="google/gemma-3-4b-it")))
+        identity.model_identity(sources.model_source(ModelConfig(source="google/gemma-3-4b-it")),
+                                sources.cache_root(cfg))
 
 
 def test_outputs_of_a_version_that_recorded_config_keys_only_are_not_taken_over(tiny_model_dir, evaluated):

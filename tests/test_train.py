@@ -15,6 +15,7 @@ from pipeline import runtime, sft, tokenized
 from pipeline import train as train_module
 from pipeline.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.sources import model_source
 
 EOS = 1
 
@@ -151,7 +152,7 @@ def test_the_tokenizer_is_saved_with_the_adapter_only_when_asked(trained, tmp_pa
 
     cfg, _, model, _ = trained
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, save_tokenizer=True))
-    adapter = train_module.save_adapter(model, load_tokenizer(cfg.model), tmp_path, cfg)
+    adapter = train_module.save_adapter(model, load_tokenizer(cfg.model, model_source(cfg.model)), tmp_path, cfg)
     saved = {p.name for p in adapter.iterdir()}
     assert {"adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= saved
 
@@ -271,7 +272,7 @@ def trainer_for(cfg, rows, tokenizer, checkpoint_dir):
 
     dataset, _ = tokenized.sft_dataset(rows, tokenizer, cfg)
     return sft.build_trainer(cfg, sft.training_arguments(cfg, checkpoint_dir),
-                                      models.load_model(cfg.model), tokenizer, dataset, dataset)
+                             models.load_model(cfg.model, model_source(cfg.model)), tokenizer, dataset, dataset)
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
@@ -359,7 +360,8 @@ def test_fp16_is_refused_for_gemma3_before_its_weights_load(tiny_model_dir):
     from pipeline import models
 
     with pytest.raises(ConfigError, match="fp16 and the loss turns NaN"):
-        models.load_model(ModelConfig(source=str(tiny_model_dir), dtype="float16"))
+        models.load_model(ModelConfig(source=str(tiny_model_dir), dtype="float16"),
+                          model_source(ModelConfig(source=str(tiny_model_dir))))
 
 
 def test_the_training_settings_raise_no_warning_a_user_cannot_act_on(tmp_path):
