@@ -25,13 +25,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline import adapters, card, data, decode, identity, models, sources
+from pipeline import adapters, card, data, identity, models, sources, tokenized
 from pipeline.atomic import atomic_path
 from pipeline.config import Config
 from pipeline.decode import Decoding, decode_batch, decode_row
 from pipeline.errors import ConfigError, UserError
 from pipeline.stage import StageRecord
-from pipeline.tokenized import prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +67,8 @@ def export(cfg: Config, out: Path, output_dir: Path, results: card.Results | Non
     tokenizer = models.load_tokenizer(cfg.model, source)
     base = models.load_model(cfg.model, source, device=device).eval()
     adapters.check(adapter, base, cfg)
-    prompts, _ = prompt_ids(tokenizer, rows, cfg)
-    evaluated = decode.decoding(tokenizer, cfg)
+    prompts, _ = tokenized.prompt_ids(tokenizer, rows, cfg)
+    evaluated = tokenized.decoding(tokenizer, cfg)
     greedy = dataclasses.replace(evaluated, do_sample=False)
     batch_size = cfg.generate.batch_size if cfg.generate.batch_size != "auto" else cfg.generate.max_batch_size
 

@@ -7,7 +7,8 @@ settings, every split the run will use, then the target modules) / train (resume
 all processes stop together on a signal) / save (adapter renamed into place, summary last, so its presence means
 the stage finished). The tutorial's defects are designed out here: target modules are checked against the model,
 padding uses a pad token distinct from EOS (pipeline/models.py, set_pad_token: EOS is never masked), and the loss
-falls on the completion only.
+falls on the completion only. The Trainer's arguments, building and fitting are in pipeline/sft.py, its callbacks
+in pipeline/callbacks.py, the tokenized examples in pipeline/tokenized.py.
 """
 
 from __future__ import annotations

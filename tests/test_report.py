@@ -170,6 +170,8 @@ def test_an_edited_reference_is_rescored_from_the_data(tmp_path):
     assert new["test_set"]["sha256"] != old["test_set"]["sha256"] and new["test_set"]["rows"] == N
     assert "test:7" in new["regressions"]["tuned"]["regressed"]["ids"]  # the edited row's scores changed
     assert new["metrics"]["base"]["rougeL"] > old["metrics"]["base"]["rougeL"]
+    # the gate never pairs rows against the old references still written in predictions.jsonl
+    assert main(["compare", "--baseline", str(report_path), "--candidate", str(report_path)]) == 2
 
 
 def test_score_refuses_predictions_made_under_another_generate_config(scored, capsys):

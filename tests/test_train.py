@@ -11,10 +11,11 @@ import torch
 
 from conftest import korean_rows, write_jsonl
 from entrypoint import main
-from pipeline import runtime, sft, tokenized
+from pipeline import sft, tokenized
 from pipeline import train as train_module
 from pipeline.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.runtime import git_state
 from pipeline.sources import model_source
 
 EOS = 1
@@ -114,7 +115,7 @@ def test_throughput_time_memory_and_versions_agree_with_their_sources(trained):
     assert tokens / high - 0.1 <= summary["tokens_per_second"] <= tokens / low + 0.1
     assert runtime <= summary["wall_seconds"] <= captured["elapsed"] + 0.05
     assert 0.05 < summary["peak_memory"]["cpu_rss_gib"] <= captured["rss_after_gib"] + 1e-3
-    assert summary["provenance"]["git"] == runtime.git_state()
+    assert summary["provenance"]["git"] == git_state()
     assert summary["provenance"]["hardware"]["cpu_count"] == os.cpu_count()
     packages = dict(summary["provenance"]["packages"])
     assert packages.pop("python") == platform.python_version()
