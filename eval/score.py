@@ -226,6 +226,9 @@ def with_references(rows: dict[str, list[dict]], test: list[dict]) -> dict[str, 
     """Each prediction row with its reference as the test data has it now: generation never reads references, so
     an edited one is rescored here, the predictions untouched (check_stages: the same ids and inputs)."""
     targets = {row["id"]: row["target"] for row in test}
+    unknown = next((row["id"] for model_rows in rows.values() for row in model_rows if row["id"] not in targets), None)
+    if unknown is not None:
+        raise DataError(f"predictions.jsonl has row {unknown!r}, which is not a test row: rerun the generate stage")
     return {name: [{**row, "reference": targets[row["id"]]} for row in model_rows]
             for name, model_rows in rows.items()}
 
