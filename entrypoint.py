@@ -184,7 +184,7 @@ def model_fetch(config_path: str | None, overrides: tuple[str, ...]) -> None:
     source, where = sources.model_source(cfg.model), ""
     if source.kind != "embedded":
         if source.kind == "hub":
-            source = identity.pinned(source, identity.model_identity(cfg.model, source))
+            source = identity.pinned(source, identity.model_identity(source, sources.cache_root(cfg.model)))
             where = f" at commit {source.revision}"
         models.load_tokenizer(cfg.model, source)
     click.echo(f"model ready: {source}{where} ({time.perf_counter() - started:.1f} s)")
@@ -219,8 +219,8 @@ def generate_command(config_path: str | None, overrides: tuple[str, ...]) -> Non
 @config_args
 def score_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """predictions.jsonl -> <output.dir>/report.json, report.md, report.png; the trained adapter's model card."""
+    from eval.card import write_adapter_card
     from eval.score import score
-    from pipeline.card import write_adapter_card
 
     cfg = load_job_config(config_path, overrides)
     report_path = score(cfg, Path(cfg.output.dir))
@@ -236,8 +236,8 @@ def run_command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """train -> generate -> score in one output directory (with model.adapter: generate -> score, no training).
     Finished stages with the same config are skipped, so rerunning after a crash continues where it stopped."""
     from eval.report import summary_table
+    from eval.card import write_adapter_card
     from eval.score import score
-    from pipeline.card import write_adapter_card
     from pipeline.generate import generate
     from pipeline.train import train
 
@@ -275,12 +275,14 @@ def export_command(config_path: str | None, overrides: tuple[str, ...], adapter_
     nothing at DIR)."""
     import dataclasses
 
+    from eval.card import evidence
     from pipeline.export import export
 
     cfg = load_job_config(config_path, overrides)
     if adapter_path:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter=adapter_path))
-    click.echo(f"export: {export(cfg, Path(out_dir), Path(cfg.output.dir))}")
+    results, train = evidence(cfg, Path(cfg.output.dir))  # the card carries what score measured, if about it
+    click.echo(f"export: {export(cfg, Path(out_dir), Path(cfg.output.dir), results, train)}")
 
 
 @cli.command("compare", short_help="Regression gate for CI: exit 1 when the candidate got worse.")
@@ -328,7 +330,7 @@ def compare_command(baseline: str, candidate: str, output_format: str, html_path
     Every limit is shown with the smallest drop its rows can detect."""
     from eval.compare import compare
     from eval.verdict import compare_html, format_verdict
-    from pipeline.stage import write_text_atomic
+    from pipeline.atomic import write_text_atomic
 
     spec = GateSpec(max_drop=parse_limits(max_drop), max_drop_per_type=parse_limits(max_drop_per_type,
                                                                                    "--max-drop-per-type"),
@@ -377,7 +379,7 @@ def gate_plan_command(baseline: str, candidate: str | None, baseline_predictions
 
 
 def is_main_process() -> bool:
-    from pipeline.stage import process_state
+    from pipeline.runtime import process_state
 
     return process_state().is_main_process
 
@@ -392,7 +394,7 @@ class RegressionFound(UserError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stage import install_stop_handlers
+    from pipeline.signals import install_stop_handlers
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     install_stop_handlers()  # first: a stop during loading, converting or scoring must not wait for SIGKILL

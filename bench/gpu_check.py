@@ -76,7 +76,8 @@ def time_generation(cfg, model, tokenizer, rows: int, seconds: float) -> dict:
     from pipeline import attention
     from pipeline.batch_size import first_try
     from pipeline.decode import Decoding, decoder
-    from pipeline.generate import Work, prompt_ids
+    from pipeline.batches import Work
+    from pipeline.tokenized import prompt_ids
 
     test = sample_rows("test", rows)
     prompts = prompt_ids(tokenizer, test, cfg)[0]
@@ -105,7 +106,7 @@ def time_generation(cfg, model, tokenizer, rows: int, seconds: float) -> dict:
 def decode_for(model, tokenizer, name: str, order: list[int], work, seconds: float) -> tuple[dict, dict]:
     """run_model (the stage's batching, fsynced rows) batch by batch over `order` until the rows or `seconds` run
     out; its rates, memory and the first batch's time; and each row's text."""
-    from pipeline.generate import run_model
+    from pipeline.batches import run_model
 
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     if model.device.type == "cuda":

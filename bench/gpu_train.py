@@ -38,7 +38,8 @@ def time_training(cfg, model, tokenizer, train_rows: list[dict], eval_rows: list
     `steps`; the trainer's own per-device batch and tokens are read back from it, not assumed."""
     from transformers import TrainerCallback
 
-    from pipeline.train import build_trainer, fit, sft_dataset, training_arguments
+    from pipeline.sft import build_trainer, fit, training_arguments
+    from pipeline.tokenized import sft_dataset
 
     total = warmup + steps
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(

@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from pipeline import cpu_tuning
     from pipeline.decode import Decoding, decode_batch
-    from pipeline.generate import prompt_ids
-    from pipeline.train import build_trainer, sft_dataset, training_arguments
+    from pipeline.sft import build_trainer, training_arguments
+    from pipeline.tokenized import prompt_ids, sft_dataset
 
     cfg, tokenizer, model = setup()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])

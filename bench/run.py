@@ -81,7 +81,9 @@ def generate_tutorial() -> dict:
 
 
 def generate_ours() -> dict:
-    from pipeline.generate import Work, decoding, prompt_ids, run_model
+    from pipeline.batches import Work, run_model
+    from pipeline.tokenized import decoding
+    from pipeline.tokenized import prompt_ids
 
     cfg, tokenizer, model = setup()
     rows = test_rows(PROMPTS)
@@ -117,7 +119,8 @@ def train_tutorial() -> dict:
 
 
 def train_ours() -> dict:
-    from pipeline.train import build_trainer, fit, sft_dataset, training_arguments
+    from pipeline.sft import build_trainer, fit, training_arguments
+    from pipeline.tokenized import sft_dataset
 
     cfg, tokenizer, model = setup()
     dataset, _ = sft_dataset(train_rows(TRAIN_STEPS * TRAIN_BATCH), tokenizer, cfg)
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(OUT), help="folder for results.json (default: outputs/bench)")
     args = parser.parse_args(argv)
     if args.case:
-        from pipeline.stage import peak_memory
+        from pipeline.runtime import peak_memory
 
         result = CASES[args.case]()
         print(json.dumps({**result, "peak_memory": peak_memory()}, ensure_ascii=False))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline import data
 from pipeline.errors import ConfigError, DataError
 from pipeline.identity import file_sha256
 
@@ -35,10 +36,16 @@ def read_predictions(path: Path) -> dict[str, list[dict]]:
 
 def predictions_of(report: dict, report_path: Path, given: Path | None) -> Path | None:
     """The report's predictions.jsonl: `given`, or where the report says (relative to the report), if its hash
-    still matches; None when it is not there."""
+    still matches and its references are the ones the report was scored against; None when it is not there."""
     path = Path(given) if given else Path(report_path).parent / report["predictions"]["path"]
     if not path.is_file():
         return None
     if file_sha256(path) != report["predictions"]["sha256"]:
         raise DataError(f"{path} is not the predictions file {report_path} was scored from (its sha256 differs)")
+    # The score stage reads references from the data: after an edited reference was rescored, the references that
+    # generation wrote into the file are not the report's, and pairing its rows would score them against old ones.
+    if data.fingerprint(read_predictions(path)["base"], ("id", "input", "reference"))["sha256"] != \
+            report["test_set"]["sha256"]:
+        raise DataError(f"the references in {path} are not those {report_path} was scored against (a reference was "
+                        "edited and rescored): compare with --unpaired, or regenerate the predictions")
     return path

@@ -16,7 +16,7 @@ from eval.html import render_html
 from eval.report_png import write_png
 from eval.gate_spec import MIN_TYPE_ROWS
 from eval.report_view import MISSING, cell, change, compared_models, distribution
-from pipeline.stage import write_json_atomic, write_text_atomic
+from pipeline.atomic import write_json_atomic, write_text_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 SCHEMA_VERSION = "3.1"

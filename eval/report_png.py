@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from eval import metrics
 from eval.gate_spec import MIN_TYPE_ROWS
 from eval.report_view import compared_models, distribution, plot_names, type_labels, type_rows
-from pipeline.stage import atomic_path
+from pipeline.atomic import atomic_path
 
 PANEL_SIZE = (6.2, 4.6)  # inches per panel
 REFERENCE_COLOR = "#98a2b3"  # the reference model's bars: grey, so the compared models' colours stand out

@@ -1,4 +1,4 @@
-"""What the report's readers share: report.md and the card (eval/report.py, pipeline/card.py), compare's tables
+"""What the report's readers share: report.md and the card (eval/report.py, eval/card.py), compare's tables
 (eval/verdict.py), report.html (eval/html.py, eval/templates/) and report.png (eval/report_png.py).
 
 Plain data only, no HTML and no plotting, and nothing here imports eval.report: eval.report writes report.html and

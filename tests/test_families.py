@@ -13,7 +13,7 @@ import torch
 
 from conftest import write_splits
 from entrypoint import main
-from pipeline import decode, families, models
+from pipeline import decode, families, models, sources
 from pipeline.config import ModelConfig
 from pipeline.decode import Decoding
 from pipeline.errors import ConfigError
@@ -179,5 +179,7 @@ def test_a_tokenizer_without_a_pad_token_pads_with_an_unused_special_token():
 
 def test_only_gemma3_refuses_float16(tiny_model_dir, stock_model_dirs):
     with pytest.raises(ConfigError, match="fp16 and the loss turns NaN"):
-        models.load_model(ModelConfig(source=str(tiny_model_dir), dtype="float16"))
-    assert models.load_model(ModelConfig(source=str(stock_model_dirs["llama"]), dtype="float16")).dtype == torch.float16
+        models.load_model(ModelConfig(source=str(tiny_model_dir), dtype="float16"),
+                          sources.model_source(ModelConfig(source=str(tiny_model_dir))))
+    llama = ModelConfig(source=str(stock_model_dirs["llama"]), dtype="float16")
+    assert models.load_model(llama, sources.model_source(llama)).dtype == torch.float16

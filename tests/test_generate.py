@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import korean_rows, write_jsonl
+from pipeline import batches as batches_module
 from pipeline import generate as generate_module
 from pipeline.config import Config, DataConfig, GenerateConfig, ModelConfig, OutputConfig
 from pipeline.errors import ConfigError
@@ -128,7 +129,7 @@ def test_the_static_cache_decoder_writes_the_loops_bytes(reference, tiny_model_d
 def decoded(monkeypatch):
     """The token ids the generate stage decoded, per pass: [{prompt ids: new ids}, ...] (base first, then each
     adapter), and the rows of each decode_batch call, recorded on the way through (nothing is changed)."""
-    real, passes, calls = generate_module.decode_batch, [], []
+    real, passes, calls = batches_module.decode_batch, [], []
 
     def recording(model, tokenizer, prompts, decoding):
         outputs = real(model, tokenizer, prompts, decoding)
@@ -147,7 +148,7 @@ def decoded(monkeypatch):
         Pass.rows = rows
         return passes, calls
 
-    monkeypatch.setattr(generate_module, "decode_batch", recording)
+    monkeypatch.setattr(batches_module, "decode_batch", recording)
     return start
 
 
@@ -263,7 +264,7 @@ def test_sampled_rows_end_where_the_stop_rules_say(tiny_model_dir, tiny_data, ad
 
 def test_a_crashed_run_resumes_to_the_same_file(reference, tiny_model_dir, tiny_data, adapter_out, tmp_path,
                                                 monkeypatch):
-    real_append, calls = generate_module.append_flushed, []
+    real_append, calls = batches_module.append_flushed, []
 
     def crash_on_third_batch(out, lines):
         calls.append(len(lines))
@@ -273,12 +274,12 @@ def test_a_crashed_run_resumes_to_the_same_file(reference, tiny_model_dir, tiny_
             raise KeyboardInterrupt
         real_append(out, lines)
 
-    monkeypatch.setattr(generate_module, "append_flushed", crash_on_third_batch)
+    monkeypatch.setattr(batches_module, "append_flushed", crash_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_model_dir, tiny_data, tmp_path, adapter_out)
     partial = (tmp_path / "generate" / "predictions.jsonl").read_text(encoding="utf-8")
     assert partial.count("\n") == 8 and not partial.endswith("\n")  # two batches of 4, then a torn line
-    monkeypatch.setattr(generate_module, "append_flushed", real_append)
+    monkeypatch.setattr(batches_module, "append_flushed", real_append)
     resumed, _ = run(tiny_model_dir, tiny_data, tmp_path, adapter_out)
     assert resumed.read_bytes() == reference[0].read_bytes()
 
@@ -344,7 +345,7 @@ def test_batch_size_auto_halves_on_out_of_memory_and_keeps_the_rows(reference, t
                                                                      adapter_out, tmp_path, monkeypatch):
     """An out-of-memory error at batches over 4 rows (injected: no GPU here) halves 16 -> 8 -> 4; the rows written
     before keep their place and the predictions are those of batch size 4."""
-    real, sizes = generate_module.decode_batch, []
+    real, sizes = batches_module.decode_batch, []
 
     def small_device(model, tokenizer, prompts, decoding):
         sizes.append(len(prompts))
@@ -352,7 +353,7 @@ def test_batch_size_auto_halves_on_out_of_memory_and_keeps_the_rows(reference, t
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, tokenizer, prompts, decoding)
 
-    monkeypatch.setattr(generate_module, "decode_batch", small_device)
+    monkeypatch.setattr(batches_module, "decode_batch", small_device)
     predictions, summary = run(tiny_model_dir, tiny_data, tmp_path, adapter_out, batch_size="auto", max_batch_size=16)
     assert predictions.read_bytes() == reference[0].read_bytes()
     recorded = json.loads(summary.read_text())
@@ -368,7 +369,7 @@ def test_out_of_memory_at_a_fixed_batch_size_is_exit_3_naming_the_key(tiny_model
     def no_memory(*args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(generate_module, "decode_batch", no_memory)
+    monkeypatch.setattr(batches_module, "decode_batch", no_memory)
     shutil.copytree(adapter_out / "train", tmp_path / "train")
     assert main(["generate", f"model.source={tiny_model_dir}", f"data.source={tiny_data}",
                  f"output.dir={tmp_path}", "generate.batch_size=4"]) == 3
@@ -407,7 +408,7 @@ def test_merged_adapters_leave_bf16_base_weights_bit_identical(two_adapters, tin
     from pipeline import adapters, models, sources
 
     cfg = Config(model=ModelConfig(source=str(tiny_model_dir), dtype="bfloat16"))
-    model = models.load_model(cfg.model).eval()
+    model = models.load_model(cfg.model, sources.model_source(cfg.model)).eval()
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
     for name, path in two_adapters.items():
         adapter = adapters.Adapter(name, sources.adapter_source(str(path), f"generate.adapters.{name}", cfg.model))

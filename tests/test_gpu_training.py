@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from trl import SFTConfig
 
-from pipeline import gpu_training, train
+from pipeline import gpu_training, sft
 from pipeline.config import TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +40,12 @@ def test_the_cpu_arguments_are_the_configs(tmp_path, monkeypatch):
     """The demo's SFTConfig on a CPU: the batch, accumulation and sampler exactly as configured and by default."""
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     cfg = load_config(ROOT / "configs/demo.yaml", ["train.gradient_accumulation_steps=4"])
-    args = train.training_arguments(cfg, tmp_path / "checkpoints")
+    args = sft.training_arguments(cfg, tmp_path / "checkpoints")
     assert (args.per_device_train_batch_size, args.per_device_eval_batch_size, args.gradient_accumulation_steps) == (
         4, 4, 4)
     default = SFTConfig(output_dir=str(tmp_path), use_cpu=True)
     for name in ("train_sampling_strategy", "group_by_length", "dataloader_num_workers"):
         if hasattr(default, name):
             assert getattr(args, name) == getattr(default, name), name
-    assert getattr(args, train.CHECKPOINTING) is cfg.train.gradient_checkpointing is False
+    assert getattr(args, sft.CHECKPOINTING) is cfg.train.gradient_checkpointing is False
     assert args.padding_free is cfg.train.padding_free is True

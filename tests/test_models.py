@@ -46,17 +46,18 @@ def test_converted_model_is_reused_without_loading_anything(embedded_dir):
 
 
 def test_local_model_directory_loads_with_safetensors_only(tiny_model_dir, tmp_path):
-    model = models.load_model(ModelConfig(source=str(tiny_model_dir)))
+    cfg = ModelConfig(source=str(tiny_model_dir))
+    model = models.load_model(cfg, sources.model_source(cfg))
     assert model.config.num_hidden_layers == 2 and model.dtype == torch.float32
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")
     with pytest.raises(ConfigError, match="pytorch_model.bin is a pickle checkpoint"):
-        models.load_model(ModelConfig(source=str(pickled)))
+        models.load_model(ModelConfig(source=str(pickled)), sources.model_source(ModelConfig(source=str(pickled))))
     (pickled / "model.safetensors").write_bytes(b"not safetensors")  # one of each: only safetensors is read
     with pytest.raises(ConfigError, match="cannot load the model from"):
-        models.load_model(ModelConfig(source=str(pickled)))
+        models.load_model(ModelConfig(source=str(pickled)), sources.model_source(ModelConfig(source=str(pickled))))
 
 
 def test_local_tokenizer_gives_the_same_ids_and_text_as_autotokenizer(embedded_dir, gemma_tokenizer):
@@ -66,7 +67,8 @@ def test_local_tokenizer_gives_the_same_ids_and_text_as_autotokenizer(embedded_d
 
     from pipeline.prompt import STYLES
 
-    ours = models.load_tokenizer(ModelConfig(source=str(embedded_dir)))
+    cfg = ModelConfig(source=str(embedded_dir))
+    ours = models.load_tokenizer(cfg, sources.model_source(cfg))
     reference = copy.deepcopy(gemma_tokenizer)
     assert type(ours) is not type(reference)  # otherwise this test compares a loader with itself
     ours.chat_template = reference.chat_template = GEMMA_CHAT_TEMPLATE

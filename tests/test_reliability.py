@@ -18,7 +18,7 @@ from conftest import ROOT, write_splits
 from entrypoint import main
 from pipeline import generate as generate_module
 from pipeline.errors import ConfigError, ResourceError
-from pipeline.stage import write_json_atomic
+from pipeline.atomic import write_json_atomic
 
 
 @pytest.fixture(scope="module")

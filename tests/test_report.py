@@ -16,10 +16,12 @@ from conftest import ROOT, korean_rows, write_jsonl
 from entrypoint import main
 from eval import metrics
 from eval import report as report_module
+from eval import card
+from eval import score as score_module
 from eval.score import checkpoint_points, score, tracked_values
-from pipeline import card, data, identity, sources
+from pipeline import identity, runtime
+from pipeline.atomic import write_json_atomic
 from pipeline.config import Config, load_config
-from pipeline.stage import claim_stage_dir, write_json_atomic
 
 N = 40
 WRONG = "이것은 전혀 다른 문장입니다"
@@ -39,12 +41,12 @@ def scored_run(out, tuned, base=None, rows=None, extra=None, **score_settings):
         "trainable_parameters": 1000, "total_parameters": 100000, "dtype": "float32", "device": "cpu",
         "adapted_modules": ["k_proj", "o_proj", "q_proj", "v_proj"],
         "examples_per_second": 1.5, "tokens_per_second": 100.0, "peak_memory": {"cpu_rss_gib": 1.0},
-        "wall_seconds": 12.0, "provenance": identity.provenance()})
+        "wall_seconds": 12.0, "provenance": runtime.provenance()})
     write_json_atomic(out / "generate" / "generate_summary.json", {
         "models": {m: {"rows": len(rows), "rows_per_second": 1.0, "tokens_per_second": 10.0,
                        "hit_max_new_tokens_rate": 0.0, "mean_new_tokens": 20.0} for m in models},
         "prompts_truncated": 0, "max_new_tokens": 48, "batch_size": 8, "peak_memory": {}, "wall_seconds": 30.0,
-        "device": "cpu", "provenance": identity.provenance()})
+        "device": "cpu", "provenance": runtime.provenance()})
     lines = []
     for model, predict in models.items():
         for i, row in enumerate(rows):
@@ -80,10 +82,8 @@ def config_for(out, rows, extra=None, overrides=(), **score_settings) -> Config:
 
 def record_finished_stages(cfg: Config, out) -> None:
     """stage.json of train and generate, as the stages record them when they start."""
-    splits = data.load_splits(cfg.data, None)
-    source = sources.model_source(cfg.model)
-    claim_stage_dir(out / "train", "train", identity.train_inputs(cfg, splits, source))
-    claim_stage_dir(out / "generate", "generate", identity.generate_inputs(cfg, out, splits["test"], source)[1])
+    for record in score_module.upstream(cfg, out)[1]:
+        record.claim()
 
 
 def two_thirds_right(i, reference):
@@ -135,8 +135,8 @@ def test_score_is_skipped_when_up_to_date(scored):
 
 def test_report_records_each_stage_provenance(scored):
     report = read(scored[1])
-    here = identity.git_state()
-    for stage in ("train", "generate", "score"):
+    for stage in ("train", "generate", "score"):  # the git state of the code each stage runs
+        here = runtime.git_state(score_module.SCORE_CODE if stage == "score" else runtime.PIPELINE_CODE)
         assert report["provenance"][stage]["git"] == here
         assert report["provenance"][stage]["packages"]["sacrebleu"] == metadata.version("sacrebleu")
     assert report["provenance"]["same_commit"] is True
@@ -154,16 +154,24 @@ def test_stages_from_different_commits_are_flagged(tmp_path):
     assert "the stages ran from different commits" in (out / "report.md").read_text(encoding="utf-8")
 
 
-def test_a_changed_reference_is_not_scored_over_old_predictions(tmp_path, capsys):
-    """An edited test file: `score` alone refuses the old predictions (exit 2), naming the rows and the stage."""
-    out, _ = scored_run(tmp_path, two_thirds_right)
+def test_an_edited_reference_is_rescored_from_the_data(tmp_path):
+    """An edited test reference: `score` rescores (exit 0) against the references of the data; the predictions,
+    which generation made without reading any reference, are untouched."""
+    out, report_path = scored_run(tmp_path, two_thirds_right)
+    old, predictions = read(report_path), (out / "generate" / "predictions.jsonl").read_bytes()
+    assert "test:7" in old["regressions"]["tuned"]["improved"]["ids"]  # tuned wrote the old reference word for word
     rows = korean_rows(N)
-    rows[7]["target"] = "(가정 살펴보기) 새로 고친 참조 질문인가요?"
+    rows[7]["target"] = f"(이유와 근거 묻기) {WRONG}"  # now base's prediction is the reference but for its label
     write_jsonl(out / "inputs" / "data" / "test.jsonl", rows)
     assert main(["score", f"model.source={out / 'inputs' / 'model'}", f"data.source={out / 'inputs' / 'data'}",
-                 f"output.dir={out}", "score.bootstrap_samples=300"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "test_rows.sha256" in err and "rerun the generate stage" in err
+                 f"output.dir={out}", "score.bootstrap_samples=300"]) == 0
+    new = read(report_path)
+    assert (out / "generate" / "predictions.jsonl").read_bytes() == predictions
+    assert new["test_set"]["sha256"] != old["test_set"]["sha256"] and new["test_set"]["rows"] == N
+    assert "test:7" in new["regressions"]["tuned"]["regressed"]["ids"]  # the edited row's scores changed
+    assert new["metrics"]["base"]["rougeL"] > old["metrics"]["base"]["rougeL"]
+    # the gate never pairs rows against the old references still written in predictions.jsonl
+    assert main(["compare", "--baseline", str(report_path), "--candidate", str(report_path)]) == 2
 
 
 def test_score_refuses_predictions_made_under_another_generate_config(scored, capsys):
@@ -183,7 +191,7 @@ def test_changed_metric_code_rescores(tmp_path, monkeypatch):
     out, report_path = scored_run(tmp_path, two_thirds_right)
     before = read(report_path)["inputs_hash"]
     assert score(config_for(out, korean_rows(N)), out) == report_path and read(report_path)["inputs_hash"] == before
-    monkeypatch.setattr(identity, "code_identity", lambda: "0" * 16)  # as if eval/metrics.py had been edited
+    monkeypatch.setattr(identity, "code_identity", lambda files: "0" * 16)  # as if eval/metrics.py had been edited
     assert read(score(config_for(out, korean_rows(N)), out))["inputs_hash"] != before
 
 
@@ -191,20 +199,19 @@ PAGE_TEMPLATES = sorted(path.name for path in (ROOT / "eval" / "templates").glob
 
 
 @pytest.mark.parametrize("name", PAGE_TEMPLATES)
-def test_every_page_template_is_part_of_the_scoring_code(tmp_path, monkeypatch, name):
+def test_every_page_template_is_part_of_the_scoring_code(tmp_path, name):
     """report.html is an output of score: editing any of its templates (eval/templates/, the page, report.html's,
     compare.html's and the macros they share) must not leave a finished score stage "up to date"."""
     import shutil
 
     assert len(PAGE_TEMPLATES) >= 4  # page, report, compare, macros: the glob found the templates
-    shutil.copytree(identity.ROOT / "eval", tmp_path / "eval")
+    shutil.copytree(score_module.ROOT / "eval", tmp_path / "eval")
     (tmp_path / "pipeline").mkdir()
-    shutil.copy(identity.ROOT / "pipeline" / "text.py", tmp_path / "pipeline")
-    monkeypatch.setattr(identity, "ROOT", tmp_path)
-    before = identity.code_identity()
+    shutil.copy(score_module.ROOT / "pipeline" / "text.py", tmp_path / "pipeline")
+    before = identity.code_identity(score_module.scoring_code(tmp_path))
     template = tmp_path / "eval" / "templates" / name
     template.write_text(template.read_text(encoding="utf-8") + "<!-- edited -->", encoding="utf-8")
-    assert identity.code_identity() != before
+    assert identity.code_identity(score_module.scoring_code(tmp_path)) != before
 
 
 def test_git_commit_comes_from_the_environment_without_a_checkout(tmp_path, monkeypatch):
@@ -216,9 +223,35 @@ def test_git_commit_comes_from_the_environment_without_a_checkout(tmp_path, monk
 
     monkeypatch.setattr(subprocess, "run", no_git)
     monkeypatch.setenv("GIT_COMMIT", "0123abcd")
-    assert identity.git_state() == {"commit": "0123abcd", "dirty": None}
+    assert runtime.git_state() == {"commit": "0123abcd", "dirty": None}
     monkeypatch.delenv("GIT_COMMIT")
-    assert identity.git_state() == {"commit": None, "dirty": None}
+    assert runtime.git_state() == {"commit": None, "dirty": None}
+
+
+def test_dirty_means_edits_to_the_code_a_stage_runs(tmp_path, monkeypatch):
+    """`make bench` rewriting bench/results.json (or an edited README) changes no output: the stage is not "dirty";
+    an edit to the code it runs is."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    for path in ("entrypoint.py", "pipeline/stage.py", "eval/metrics.py", "bench/results.json", "README.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("v1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "v1")
+    monkeypatch.setattr(runtime, "ROOT", tmp_path)
+    (tmp_path / "bench" / "results.json").write_text("v2\n")
+    (tmp_path / "README.md").write_text("v2\n")
+    assert runtime.git_state()["dirty"] is False
+    assert runtime.git_state(score_module.SCORE_CODE)["dirty"] is False
+    (tmp_path / "eval" / "metrics.py").write_text("v2\n")
+    assert runtime.git_state()["dirty"] is False  # train and generate do not run eval/
+    assert runtime.git_state(score_module.SCORE_CODE)["dirty"] is True
+    (tmp_path / "pipeline" / "stage.py").write_text("v2\n")
+    assert runtime.git_state()["dirty"] is True
 
 
 # --- the gate -------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pipeline import identity, sources
+from pipeline import adapters, identity, sources
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
 
@@ -60,7 +60,7 @@ def test_the_token_is_never_shown_nor_part_of_an_identity(home, tmp_path):
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "adapter_model.safetensors").write_bytes(b"stand-in")
     local = sources.adapter_source(str(adapter), "model.adapter", ModelConfig())
-    assert TOKEN not in json.dumps(identity.adapter_identity(local, ModelConfig(cache_dir=str(tmp_path / "c"))))
+    assert TOKEN not in json.dumps(adapters.adapter_identity(local, tmp_path / "c"))
 
 
 def test_an_unknown_embedded_model_or_an_embedded_adapter_is_a_config_error(tmp_path):

@@ -64,19 +64,21 @@ def test_same_content_at_another_path_is_up_to_date(tiny_model_dir, evaluated, t
     assert json.loads((out / "report.json").read_text())["test_set"] == json.loads(report)["test_set"]
 
 
-def test_an_edited_reference_regenerates_and_rescores(tiny_model_dir, evaluated):
+def test_an_edited_reference_rescores_without_regenerating(tiny_model_dir, evaluated, caplog):
+    """Generation never reads a reference: an edited one is rescored from the data, the predictions untouched."""
     data_dir, adapter, out = evaluated
-    old = json.loads((out / "report.json").read_text())
+    old, before = json.loads((out / "report.json").read_text()), predictions(out)
     rows = korean_rows(4, 200)
-    rows[2]["target"] = "(가정 살펴보기) 고쳐 쓴 참조 질문은 무엇을 가정하나요?"
+    tuned = [json.loads(line)["prediction"] for line in before.decode().splitlines()][4 + 2]  # tuned, row 2
+    rows[2]["target"] = f"(가정 살펴보기) {tuned}"  # the tuned model's own question, labelled
     write_jsonl(data_dir / "test.jsonl", rows)
-    assert main(job("score", tiny_model_dir, data_dir, out, adapter)) == 2  # old predictions: refused, not rescored
-    assert json.loads((out / "report.json").read_text()) == old
-    assert main(job("run", tiny_model_dir, data_dir, out, adapter)) == 0
+    assert main(job("score", tiny_model_dir, data_dir, out, adapter)) == 0  # rescored, not refused
+    assert predictions(out) == before and not (out / "superseded").exists()
     new = json.loads((out / "report.json").read_text())
     assert new["test_set"]["sha256"] != old["test_set"]["sha256"] and new["test_set"]["rows"] == 4
-    assert [json.loads(line)["reference"] for line in predictions(out).decode().splitlines()][2] == rows[2]["target"]
-    assert (out / "superseded").is_dir()  # the old predictions are kept aside
+    assert new["metrics"]["tuned"]["rougeL"] != old["metrics"]["tuned"]["rougeL"]  # the edited row's score moved
+    assert main(job("run", tiny_model_dir, data_dir, out, adapter)) == 0
+    assert "generate: already finished" in caplog.text and predictions(out) == before
 
 
 def test_a_new_prompt_template_regenerates(tiny_model_dir, evaluated, monkeypatch):
@@ -133,9 +135,9 @@ def test_a_hub_model_is_identified_by_the_commit_its_revision_resolves_to(tmp_pa
     cfg = ModelConfig(source="google/gemma-3-1b-it")
     source = sources.model_source(cfg)
     (repo / "refs" / "main").write_text("a" * 40)
-    first = identity.model_identity(cfg, source)
+    first = identity.model_identity(source, sources.cache_root(cfg))
     (repo / "refs" / "main").write_text("b" * 40)  # main moved to a new commit
-    second = identity.model_identity(cfg, source)
+    second = identity.model_identity(source, sources.cache_root(cfg))
     assert first == {"hub": "google/gemma-3-1b-it", "commit": "a" * 40}  # no token in what is hashed and written
     assert second == {"hub": "google/gemma-3-1b-it", "commit": "b" * 40}
     assert identity.pinned(source, second).revision == "b" * 40  # what is loaded is what was recorded
@@ -144,7 +146,8 @@ def test_a_hub_model_is_identified_by_the_commit_its_revision_resolves_to(tmp_pa
 
     with pytest.raises(ConfigError, match="model.source: cannot resolve 'google/gemma-3-4b-it' at revision main: "
                                           "HF_HUB_OFFLINE is set and it is not in the local Hub cache"):
-        identity.model_identity(cfg, sources.model_source(ModelConfig(source="google/gemma-3-4b-it")))
+        identity.model_identity(sources.model_source(ModelConfig(source="google/gemma-3-4b-it")),
+                                sources.cache_root(cfg))
 
 
 def test_outputs_of_a_version_that_recorded_config_keys_only_are_not_taken_over(tiny_model_dir, evaluated):

@@ -11,10 +11,12 @@ import torch
 
 from conftest import korean_rows, write_jsonl
 from entrypoint import main
-from pipeline import identity
+from pipeline import sft, tokenized
 from pipeline import train as train_module
 from pipeline.config import Config, DataConfig, ModelConfig, OutputConfig, TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.runtime import git_state
+from pipeline.sources import model_source
 
 EOS = 1
 
@@ -113,7 +115,7 @@ def test_throughput_time_memory_and_versions_agree_with_their_sources(trained):
     assert tokens / high - 0.1 <= summary["tokens_per_second"] <= tokens / low + 0.1
     assert runtime <= summary["wall_seconds"] <= captured["elapsed"] + 0.05
     assert 0.05 < summary["peak_memory"]["cpu_rss_gib"] <= captured["rss_after_gib"] + 1e-3
-    assert summary["provenance"]["git"] == identity.git_state()
+    assert summary["provenance"]["git"] == git_state()
     assert summary["provenance"]["hardware"]["cpu_count"] == os.cpu_count()
     packages = dict(summary["provenance"]["packages"])
     assert packages.pop("python") == platform.python_version()
@@ -151,7 +153,7 @@ def test_the_tokenizer_is_saved_with_the_adapter_only_when_asked(trained, tmp_pa
 
     cfg, _, model, _ = trained
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, save_tokenizer=True))
-    adapter = train_module.save_adapter(model, load_tokenizer(cfg.model), tmp_path, cfg)
+    adapter = train_module.save_adapter(model, load_tokenizer(cfg.model, model_source(cfg.model)), tmp_path, cfg)
     saved = {p.name for p in adapter.iterdir()}
     assert {"adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= saved
 
@@ -252,23 +254,26 @@ def test_a_checkpoint_saved_only_in_part_is_not_resumed_from(trained, tmp_path):
     partial = checkpoints / "checkpoint-10"  # killed while saving: no trainer_state.json yet
     partial.mkdir()
     (partial / "adapter_model.safetensors").write_bytes(b"")
-    assert train_module.newest_complete_checkpoint(checkpoints) == str(checkpoints / "checkpoint-4")
-    assert train_module.newest_complete_checkpoint(tmp_path / "nothing-here") is None
+    assert sft.newest_complete_checkpoint(checkpoints) == str(checkpoints / "checkpoint-4")
+    assert sft.newest_complete_checkpoint(tmp_path / "nothing-here") is None
 
 
 def test_a_different_config_is_refused_in_the_same_output_dir(trained):
     cfg, stage_dir, _, _ = trained
     other = tiny_config(cfg.model.source, cfg.data.source, stage_dir.parent, learning_rate=1e-3)
-    with pytest.raises(ConfigError, match="holds a train stage made from other inputs"):
+    with pytest.raises(ConfigError, match="holds a train stage made from other inputs") as refused:
         train_module.train(other, stage_dir.parent)
+    # it names what changed, and points to another output.dir, never to deleting the trained adapter
+    assert "config.train.learning_rate" in str(refused.value) and "set output.dir to a new directory" in str(
+        refused.value) and "remove" not in str(refused.value)
 
 
 def trainer_for(cfg, rows, tokenizer, checkpoint_dir):
     from pipeline import models
 
-    dataset, _ = train_module.sft_dataset(rows, tokenizer, cfg)
-    return train_module.build_trainer(cfg, train_module.training_arguments(cfg, checkpoint_dir),
-                                      models.load_model(cfg.model), tokenizer, dataset, dataset)
+    dataset, _ = tokenized.sft_dataset(rows, tokenizer, cfg)
+    return sft.build_trainer(cfg, sft.training_arguments(cfg, checkpoint_dir),
+                             models.load_model(cfg.model, model_source(cfg.model)), tokenizer, dataset, dataset)
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
@@ -356,7 +361,8 @@ def test_fp16_is_refused_for_gemma3_before_its_weights_load(tiny_model_dir):
     from pipeline import models
 
     with pytest.raises(ConfigError, match="fp16 and the loss turns NaN"):
-        models.load_model(ModelConfig(source=str(tiny_model_dir), dtype="float16"))
+        models.load_model(ModelConfig(source=str(tiny_model_dir), dtype="float16"),
+                          model_source(ModelConfig(source=str(tiny_model_dir))))
 
 
 def test_the_training_settings_raise_no_warning_a_user_cannot_act_on(tmp_path):
@@ -366,6 +372,6 @@ def test_the_training_settings_raise_no_warning_a_user_cannot_act_on(tmp_path):
         cfg = Config(train=TrainConfig(gradient_checkpointing=setting))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            args = train_module.training_arguments(cfg, tmp_path / "checkpoints")
+            args = sft.training_arguments(cfg, tmp_path / "checkpoints")
         assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, UserWarning))] == []
         assert args.gradient_checkpointing is setting  # the setting still reaches the Trainer
