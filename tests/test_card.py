@@ -57,12 +57,12 @@ def test_the_card_of_the_committed_demo_report_parses_with_its_numbers():
 
 def test_the_card_says_how_the_test_rows_were_chosen():
     report = json.loads((ROOT / "examples" / "baseline-report.json").read_text(encoding="utf-8"))
-    first = "\n".join(card.model_card(load_config(ROOT / "configs" / "demo.yaml"), report).text.splitlines())
+    first = "\n".join(eval_card.model_card(load_config(ROOT / "configs" / "demo.yaml"), report).text.splitlines())
     assert "- Test split: the first 60 rows of `sample`" in first
     drawn = load_config(ROOT / "configs" / "demo.yaml", ["data.sample=stratified", "data.max_test_samples=60",
                                                          "data.sample_seed=3"])
     assert "- Test split: 60 rows drawn by `data.sample: stratified` (seed 3) of `sample`" in str(
-        card.model_card(drawn, report))
+        eval_card.model_card(drawn, report))
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,8 @@ def test_1b_config_is_the_tutorial_run_with_bugs_fixed():
     assert full.lora == cfg.lora and full.model == cfg.model
     assert (cfg.train.save_steps, full.train.save_steps, full.train.learning_rate, full.train.logging_steps) == (
         100, 500, 1e-4, 10)
-    assert cfg.generate == full.generate and (cfg.generate.batch_size, cfg.generate.max_new_tokens) == (64, 64)
+    assert cfg.generate == full.generate and (cfg.generate.batch_size, cfg.generate.max_new_tokens) == ("auto", 64)
+    assert cfg.generate.max_batch_size == 1024  # on CUDA the rows that fit in free memory, at most this
 
 
 # The defaults that became the demo's (they were learning_rate 1e-4, logging/save steps 10/50, batch 8, 64 tokens):

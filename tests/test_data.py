@@ -333,19 +333,18 @@ def test_another_sample_is_another_stage_input_and_first_keeps_todays_hashes(tmp
     import dataclasses
 
     from pipeline import identity
-    from pipeline.sources import Source
-    from pipeline.stage import inputs_hash
+    from pipeline.stage import StageRecord
 
     write_jsonl(tmp_path / "train.jsonl", typed_split(tmp_path))
     write_jsonl(tmp_path / "validation.jsonl", korean_rows(3))
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{}")
-    source = Source("local", str(tmp_path / "model"), "model.source")
-    cfg = load_config(None, [f"data.source={tmp_path}", "data.max_train_samples=10", f"model.cache_dir={tmp_path}"])
+    cfg = load_config(None, [f"data.source={tmp_path}", "data.max_train_samples=10"])
     hashes = {}
     for how in ("first", "stratified", "random"):
         changed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sample=how))
-        hashes[how] = inputs_hash(identity.train_inputs(changed, data.load_splits(changed.data, None), source))
+        splits = data.load_splits(changed.data, None, ("train", "validation"))
+        inputs = identity.train_inputs(changed, data.fingerprint(splits["train"]),
+                                       data.fingerprint(splits["validation"]), {"sha256": "the same model"})
+        hashes[how] = StageRecord("train", tmp_path / "out", inputs).digest
     assert len(set(hashes.values())) == 3
     assert data.fingerprint(sampled(tmp_path)) != data.fingerprint(sampled(tmp_path, sample="stratified"))
     baseline = json.loads((ROOT / "examples/baseline-report.json").read_text(encoding="utf-8"))
