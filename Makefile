@@ -1,5 +1,5 @@
 # make demo   - install, then train -> generate -> score on the embedded default (README's first command)
-# make test   - install, then the whole test suite (what CI runs)
+# make test   - install, then the whole test suite (what CI runs), listing the ten slowest tests
 # make test-fast - the inner loop: every test that needs no model and starts no process (about 30 s)
 # make install - .venv with pinned versions (constraints.txt, shared with the Dockerfile)
 # make browser - install, plus the browser test's Playwright, system Chromium and Korean font (apt-get)
@@ -48,7 +48,7 @@ docs-screenshot: browser
 	REPORT_HTML_SCREENSHOT=docs/report-html.png $(PY) -m pytest tests/test_html.py -k report_html_in_chromium -q
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=10 $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not model and not slow and not subprocess" $(PYTEST_ARGS)

@@ -102,12 +102,13 @@ STOPS = {
 
 
 def stop_then_check(args, stop, out, capsys):
-    """Runs the job until `stop`'s line, then checks it exited 143 leaving the state that stop point leaves."""
+    """Runs the job until `stop`'s line, then checks it exited 143 leaving the state that stop point leaves; what
+    it printed on stderr."""
     pattern, stopped_state = STOPS[stop]
     code, line = interrupted(args, pattern)
     assert code == 143, f"{stop}: exit {code}: {capsys.readouterr().err[-2000:]}"
     assert stopped_state(out), f"{stop}: stopped at {line!r}: {sorted(p.name for p in out.rglob('*'))[:40]}"
-    capsys.readouterr()
+    return capsys.readouterr().err
 
 
 def assert_same_as_straight(out, straight):
@@ -123,13 +124,23 @@ def test_stopped_early_the_rerun_outlives_its_rotated_checkpoint(straight, tiny_
     checkpoint, which the Trainer deletes at its next save; the run must still finish (it ended in exit 4)."""
     out = tmp_path / "interrupted"
     args = run_args(tiny_model_dir, data_dir, out)
-    stop_then_check(args, "early", out, capsys)
+    printed = stop_then_check(args, "early", out, capsys)
+    assert "rerun the same command to resume" in printed and not (out / "train" / "train_summary.json").exists()
+    checkpoint = out / "train" / "checkpoints" / "checkpoint-3"
+    resumed_tokens = json.loads((checkpoint / "trainer_state.json").read_text())["num_input_tokens_seen"]
+
     assert main(args) == 0, capsys.readouterr().err[-2000:]
     assert_same_as_straight(out, straight)
+    assert f"resuming from {checkpoint}" in (out / "job.log").read_text(encoding="utf-8")
     summary = json.loads((out / "train" / "train_summary.json").read_text())
-    assert summary["steps"] == STEPS and summary["resumed_from"].endswith("checkpoint-3")
+    assert summary["steps"] == STEPS and summary["resumed_from"] == str(checkpoint)
+    assert [step for step, _ in summary["loss_curve"]] == list(range(1, STEPS + 1))
     assert checkpoint_steps(out) == [STEPS]  # checkpoint-3 was rotated away before the end
-    assert 0 < summary["session_tokens"] < summary["tokens_seen"]
+    # This session's rate: the tokens trained on since the checkpoint over this session's training time.
+    assert 0 < resumed_tokens < summary["tokens_seen"]
+    assert summary["session_tokens"] == summary["tokens_seen"] - resumed_tokens
+    assert summary["tokens_per_second"] == pytest.approx(
+        summary["session_tokens"] / summary["train_runtime_seconds"], rel=0.05)  # the runtime is rounded
     # The resumed epoch's last batch made accelerate log "The used dataset had no length, ..." four times.
     assert "accelerate" not in (out / "job.log").read_text(encoding="utf-8")
 
@@ -139,11 +150,16 @@ def test_stopped_at_every_later_point_in_turn_the_reruns_end_as_an_uninterrupted
     """One run stopped at each later point in turn (each rerun goes on until the next stop), then rerun to the end."""
     out = tmp_path / "interrupted"
     args = run_args(tiny_model_dir, data_dir, out)
+    kept = None
     for stop in ("after a rotation", "during the final save", "during generation", "during scoring"):
         stop_then_check(args, stop, out, capsys)
+        if stop == "during generation":  # whole lines only: base's 8 rows and the tuned model's first batch of 2
+            kept = (out / "generate" / "predictions.jsonl").read_text(encoding="utf-8")
+            assert kept.endswith("\n") and kept.count("\n") == 8 + 2
     assert main(args) == 0, capsys.readouterr().err[-2000:]
     assert_same_as_straight(out, straight)
     summary = json.loads((out / "train" / "train_summary.json").read_text())
     assert summary["resumed_from"].endswith("checkpoint-12")
     generated = json.loads((out / "generate" / "generate_summary.json").read_text())
-    assert 0 < generated["resumed_rows"] < 16  # the rerun went on from the rows the stop kept
+    assert generated["resumed_rows"] == kept.count("\n")  # the rerun started from the rows kept ...
+    assert sum(m["generated_rows"] for m in generated["models"].values()) == 16 - kept.count("\n")  # ... did the rest

@@ -1,4 +1,5 @@
-"""Interruptions with real signals, disk full, leaked secrets, untrusted code, reproducibility."""
+"""Interruptions with real signals (the in-process trials at every stop point are tests/test_interruptions.py),
+disk full, leaked secrets, untrusted code, reproducibility."""
 
 import errno
 import json
@@ -49,68 +50,6 @@ def wait_for(predicate, process, timeout=240):
 
 def finish(args, **kwargs):
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs)
-
-
-@pytest.mark.subprocess
-def test_sigterm_mid_train_saves_a_checkpoint_and_the_rerun_finishes_identically(tiny_model_dir, data_dir,
-                                                                                 tmp_path):
-    out = tmp_path / "interrupted"
-    log_path = tmp_path / "train.log"
-    process, log = start(job_args("train", tiny_model_dir, data_dir, out), log_path)
-    wait_for(lambda: "step 5/30" in log_path.read_text(errors="replace"), process)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 143
-    log.close()
-    checkpoints = sorted((out / "train" / "checkpoints").glob("checkpoint-*"))
-    assert len(checkpoints) == 1 and not (out / "train" / "train_summary.json").exists()
-    stopped_at = int(checkpoints[0].name.split("-")[1])
-    assert 5 <= stopped_at < 30
-    assert "rerun the same command to resume" in log_path.read_text()
-
-    resumed = finish(job_args("train", tiny_model_dir, data_dir, out))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resuming from {out / 'train' / 'checkpoints' / f'checkpoint-{stopped_at}'}" in resumed.stderr
-    summary = json.loads((out / "train" / "train_summary.json").read_text())
-    assert summary["steps"] == 30 and summary["resumed_from"].endswith(f"checkpoint-{stopped_at}")
-    assert [step for step, _ in summary["loss_curve"]] == list(range(1, 31))
-    # This session's rate: the tokens trained on since the checkpoint over this session's training time.
-    resumed_state = json.loads((checkpoints[0] / "trainer_state.json").read_text())
-    assert 0 < resumed_state["num_input_tokens_seen"] < summary["tokens_seen"]
-    assert summary["session_tokens"] == summary["tokens_seen"] - resumed_state["num_input_tokens_seen"]
-    assert summary["tokens_per_second"] == pytest.approx(
-        summary["session_tokens"] / summary["train_runtime_seconds"], rel=0.05)  # the runtime is rounded
-
-    straight = tmp_path / "straight"
-    assert finish(job_args("train", tiny_model_dir, data_dir, straight)).returncode == 0
-    a = load_file(out / "train" / "adapter" / "adapter_model.safetensors")
-    b = load_file(straight / "train" / "adapter" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.mark.subprocess
-def test_sigterm_mid_generate_keeps_rows_and_the_rerun_ends_with_the_same_file(tiny_model_dir, data_dir,
-                                                                               tmp_path):
-    first = tmp_path / "interrupted"
-    assert main(job_args("train", tiny_model_dir, data_dir, first, "train.max_steps=2")[2:]) == 0
-    second = tmp_path / "straight"
-    shutil.copytree(first / "train", second / "train")
-    predictions = first / "generate" / "predictions.jsonl"
-    log_path = tmp_path / "generate.log"
-    slow = ("train.max_steps=2", "generate.max_new_tokens=48")  # ~0.2 s a row: the job is mid-way when signalled
-    process, log = start(job_args("generate", tiny_model_dir, data_dir, first, *slow), log_path)
-    wait_for(lambda: predictions.exists() and predictions.read_text().count("\n") >= 3, process)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 143
-    log.close()
-    kept = predictions.read_text(encoding="utf-8")
-    assert kept.endswith("\n") and 3 <= kept.count("\n") < 24
-
-    assert finish(job_args("generate", tiny_model_dir, data_dir, first, *slow)).returncode == 0
-    summary = json.loads((first / "generate" / "generate_summary.json").read_text())
-    assert summary["resumed_rows"] == kept.count("\n")  # the rerun started from the rows kept ...
-    assert sum(m["generated_rows"] for m in summary["models"].values()) == 24 - kept.count("\n")  # ... and did the rest
-    assert finish(job_args("generate", tiny_model_dir, data_dir, second, *slow)).returncode == 0
-    assert predictions.read_bytes() == (second / "generate" / "predictions.jsonl").read_bytes()
 
 
 def test_disk_full_during_generate_keeps_the_earlier_rows(tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):

