@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from pipeline import models
     from pipeline.config import ModelConfig, load_config
-    from pipeline.sources import Source
+    from pipeline.sources import Source, model_source
 
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("gpu-check needs a CUDA GPU (torch.cuda.is_available() is False); --smoke checks the script on CPU")
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     dtype, dims = (torch.float32, TINY) if args.smoke else (torch.bfloat16, GEMMA3_1B)
     # A tokenizer folder holds no weights, so it is not a model.source (which must hold safetensors).
     tokenizer = models.load_tokenizer(ModelConfig(), Source("local", args.tokenizer, "--tokenizer")
-                                      if args.tokenizer else None)
+                                      if args.tokenizer else model_source(ModelConfig()))
     overrides = ["model.dtype=" + str(dtype).removeprefix("torch."), "prompt.format=plain"]
     if args.smoke:
         overrides += ["generate.max_batch_size=4", "generate.max_new_tokens=8"]
