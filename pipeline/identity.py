@@ -27,16 +27,15 @@ git's index does; a file rewritten in place gets a new mtime and is hashed again
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
-import inspect
 import json
 import logging
 from pathlib import Path
 
 import huggingface_hub
 
-from pipeline import decode
 from pipeline.atomic import write_json_atomic
 from pipeline.config import Config, to_dict
 from pipeline.errors import hub_error
@@ -143,10 +142,23 @@ def prompt_identity(fmt: str) -> dict:
     field of it (pipeline/prompt.py: name, framing, template, the completion's leading space, stop strings), and
     the code of the stop rules (pipeline/decode.py), so that editing either regenerates. The stop tokens a style
     derives from the tokenizer are covered by the model's identity (its tokenizer files)."""
-    rules = "".join(inspect.getsource(f) for f in (decode.decode_row, decode.stop_index, decode.stop_length,
-                                                   decode._ends_row))
+    rules = "".join(function_sources(Path(__file__).with_name("decode.py"), STOP_RULES))
     style = json.loads(json.dumps(dataclasses.asdict(STYLES[fmt])))  # as stage.json records it: lists, not tuples
     return {**style, "stop_rules": hashlib.sha256(rules.encode("utf-8")).hexdigest()[:16]}
+
+
+# The functions of pipeline/decode.py that decide where a row's text ends.
+STOP_RULES = ("decode_row", "stop_index", "stop_length", "_ends_row")
+
+
+def function_sources(path: Path, names: tuple[str, ...]) -> list[str]:
+    """The source lines of the top-level functions `names` of a module file, as inspect.getsource gives them, read
+    without importing the module (decode.py imports torch; a stage's identity, and `model fetch`, need none)."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    found = {node.name: "".join(lines[min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 1:node.end_lineno])
+             for node in ast.parse(text).body if isinstance(node, ast.FunctionDef)}
+    return [found[name] for name in names]
 
 
 def code_identity(files: list[Path]) -> str:
