@@ -8,7 +8,6 @@ flight. generate.batch_size=auto starts at generate.max_batch_size and halves it
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from pipeline import batch_size
 from pipeline.decode import Decoding, decode_batch, decode_row
 from pipeline.errors import Interrupted, ResourceError, first_line, is_out_of_memory
+from pipeline.predictions import prediction_line
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,7 @@ def run_model(model, tokenizer, name: str, todo: list[int], work: Work, out, rec
             for row, generated in zip(batch, outputs):
                 record = decode_row(tokenizer, generated, work.decoding)
                 counts["tokens"] += record["new_tokens"]
-                source = work.rows[row]
-                lines.append(json.dumps({"id": source["id"], "model": name, "input": source["input"],
-                                         "reference": source["target"], **record}, ensure_ascii=False) + "\n")
+                lines.append(prediction_line(work.rows[row], name, record))
             append_flushed(out, lines)
             del remaining[:len(batch)]
             counts["rows"] += len(batch)

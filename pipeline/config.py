@@ -171,6 +171,10 @@ class GenerateConfig:
     stop_strings: Optional[Names] = None
     # More adapters to evaluate in the same pass, {name: local dir or Hub id}: the base model is loaded once.
     adapters: dict[StrictStr, StrictStr] = field(default_factory=dict)
+    # A folder kept between runs (a CI cache): each model's rows stored there by what they depend on (model,
+    # adapter, prompt, decoding, test inputs, packages, device) and reused instead of generated again: the base
+    # model's rows serve every adapter gated against it. null: none.
+    prediction_cache: Optional[StrictStr] = None
 
 
 @section

@@ -6,6 +6,9 @@ Reads top to bottom: setup (the test rows, the model and every adapter resolved 
 finished from the same inputs; every adapter checked against the loaded model before the first row) / generate
 (pipeline/batches.py: one pass per model) / save (pipeline/predictions.py: the files merged; the summary last).
 
+With generate.prediction_cache, a model whose rows an earlier run generated from the same inputs
+(pipeline/prediction_cache.py) is not run again: its rows are copied from there.
+
 The base model is loaded once. Its rows come first; then each adapter (pipeline/adapters.py: the tuned one, any
 generate.adapters, training checkpoints with score.checkpoints) is merged into the same weights in turn and
 taken out again bit for bit. Prompts are the training prompts, token for token.
@@ -29,10 +32,11 @@ from pathlib import Path
 
 from pipeline import adapters as adapters_module
 from pipeline import attention, data, decode, identity, models, sources
-from pipeline.batches import Work, run_model
+from pipeline.batches import Work, append_flushed, run_model
 from pipeline.config import Config
 from pipeline.errors import Interrupted
-from pipeline.predictions import merge_predictions, read_done, summarize
+from pipeline.prediction_cache import PredictionCache
+from pipeline.predictions import merge_predictions, prediction_line, read_done, summarize
 from pipeline.runtime import peak_memory, process_state
 from pipeline.signals import stop_on_signal
 from pipeline.stage import StageRecord
@@ -75,6 +79,8 @@ def generate(cfg: Config, output_dir: Path) -> Path:
     done = read_done(stage_dir, shard_path)  # whatever process count wrote them
     state.wait_for_everyone()  # every process has read the files before any appends to its own
     mine = range(state.process_index, len(test), state.num_processes)
+    kept = PredictionCache(Path(cfg.generate.prediction_cache).expanduser(), cfg, test_inputs, model_id,
+                           state.device, model.dtype) if cfg.generate.prediction_cache else None
 
     # --- generate: the base model, then each adapter merged into the same weights -----------------------------
     per_model, names = {}, ["base"] + [a.name for a in adapters]
@@ -84,6 +90,11 @@ def generate(cfg: Config, output_dir: Path) -> Path:
             todo = [i for i in mine if (test[i]["id"], name) not in done]
             if not todo:
                 per_model[name] = {"generated_rows": 0}
+                continue
+            cached = kept.load(name, found.get(name), [test[i]["id"] for i in todo]) if kept else None
+            if cached is not None:  # this model's rows from an earlier run with the same inputs
+                append_flushed(out, [prediction_line(test[i], name, cached[test[i]["id"]]) for i in todo])
+                per_model[name] = {"generated_rows": 0, "cached_rows": len(todo)}
                 continue
             with adapters_module.applied(model, adapter) as current:  # merged into the same weights, or base
                 per_model[name] = run_model(current, tokenizer, name, todo, work, out, received)
@@ -96,6 +107,8 @@ def generate(cfg: Config, output_dir: Path) -> Path:
         if state.is_main_process:
             rows = merge_predictions(predictions_path, [row["id"] for row in test], names)
             models_summary = summarize(rows, per_model, names)
+            for name in [name for name in names if kept and "cached_rows" not in per_model[name]]:
+                kept.save(name, found.get(name), [row for row in rows if row["model"] == name])
             record.finish({
                 "rows": len(test), "models": models_summary,
                 "processes": state.num_processes, "device": state.device.type,

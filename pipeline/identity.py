@@ -55,9 +55,11 @@ STAGE_CONFIG = {
     "train": ("model.dtype", "model.attn_implementation", "prompt", "lora",
               "train", "-train.save_steps", "-train.save_total_limit", "-train.report_to"),
     "generate": ("model.dtype", "model.attn_implementation", "prompt",
-                 "generate", "-generate.batch_size", "-generate.max_batch_size", "-generate.adapters"),
+                 "generate", "-generate.batch_size", "-generate.max_batch_size", "-generate.adapters",
+                 "-generate.prediction_cache"),
     "score": ("model", "data", "prompt", "lora", "train", "generate", "score"),
-    "export": ("model.dtype", "model.attn_implementation", "prompt", "generate", "-generate.adapters", "export"),
+    "export": ("model.dtype", "model.attn_implementation", "prompt", "generate", "-generate.adapters",
+               "-generate.prediction_cache", "export"),
 }
 
 

@@ -8,8 +8,10 @@ them, so that importing this module costs nothing.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import warnings
+from pathlib import Path
 
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError, ResourceError, first_line, hub_error, is_out_of_memory
@@ -47,6 +49,13 @@ def load_tokenizer(cfg: ModelConfig, source: Source):
 
     # Left padding, as GemmaTokenizer sets it: the side batched generation needs.
     options = dict(revision=source.revision, token=source.token, padding_side="left")
+    if source.kind != "hub" and _would_parse_tokenizer_json(Path(source.location)):
+        # transformers 5 saves a tokenizers-backed tokenizer without added_tokens_decoder (the embedded model's, a
+        # save_pretrained copy), and on loading one it parses all of tokenizer.json in Python to rebuild that map
+        # from its "added_tokens" (1.4 s of the 2.8 s load for Gemma's 262k vocabulary, measured): the same tokens
+        # the Rust tokenizer reads from the same file. An empty map skips that parse; ids, text, special tokens
+        # and a save_pretrained copy are the same (tests/test_models.py). A Hub model's config lists its tokens.
+        options["added_tokens_decoder"] = {}
     with _hub_errors(source):
         try:
             tokenizer = TokenizersBackend.from_pretrained(source.location, **options)
@@ -55,6 +64,15 @@ def load_tokenizer(cfg: ModelConfig, source: Source):
     set_pad_token(tokenizer, source)
     cpu_tuning.release_freed_memory()
     return tokenizer
+
+
+def _would_parse_tokenizer_json(folder: Path) -> bool:
+    """A folder with a tokenizer.json whose tokenizer_config.json does not list added_tokens_decoder."""
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # no readable config: from_pretrained as it is, which reports what is wrong
+    return (folder / "tokenizer.json").is_file() and "added_tokens_decoder" not in config
 
 
 def set_pad_token(tokenizer, source: Source) -> None:

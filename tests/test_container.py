@@ -706,7 +706,14 @@ def test_ci_example_runs_the_job_and_gates_on_the_committed_baseline():
     workflow = yaml.safe_load((ROOT / "examples/ci-regression.yml").read_text())
     steps = [s.get("run", "") for job in workflow["jobs"].values() for s in job["steps"]]
     assert any("make install" in s for s in steps)
-    assert any("entrypoint.py run --config configs/demo.yaml" in s for s in steps)
+    (job,) = workflow["jobs"].values()
+    (scored,) = [s for s in steps if "entrypoint.py run --config configs/demo.yaml" in s]
+    # It scores an existing adapter (no training), and keeps every model's predictions between runs in the folder
+    # an actions/cache step restores and saves.
+    assert 'model.adapter="$ADAPTER"' in scored and job["env"]["ADAPTER"]
+    (kept,) = re.findall(r'generate\.prediction_cache="\$HOME/([^"]+)"', scored)
+    cached = [s["with"]["path"] for s in job["steps"] if s.get("uses", "").startswith("actions/cache")]
+    assert f"~/{kept}" in cached
     (gate,) = [s for s in steps if "entrypoint.py compare" in s]
     assert "--baseline examples/baseline-report.json" in gate
     (upload,) = [s for job in workflow["jobs"].values() for s in job["steps"] if "upload-artifact" in s.get("uses", "")]

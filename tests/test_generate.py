@@ -436,3 +436,52 @@ def test_an_adapter_that_does_not_fit_the_base_is_exit_2_naming_both(mismatch, e
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.search(expected, err) and "model.adapter" in err, err
     assert not (tmp_path / "out" / "generate" / "predictions.jsonl").exists()
+
+
+def test_a_prediction_cache_reuses_a_models_rows_and_a_run_ends_with_the_same_bytes(
+        reference, two_adapters, tiny_model_dir, tiny_data, adapter_out, tmp_path, monkeypatch):
+    """generate.prediction_cache: a run of another adapter generates only that adapter's rows (the base rows are
+    the first run's), and its predictions.jsonl is byte for byte an uncached run's, references from the current
+    data. Another decoding, or a file that lacks rows, is generated again."""
+    ran = []
+
+    def counted(model, tokenizer, name, todo, work, out, received):
+        ran.append((name, len(todo)))
+        return batches_module.run_model(model, tokenizer, name, todo, work, out, received)
+
+    monkeypatch.setattr(generate_module, "run_model", counted)
+    cache = tmp_path / "cache"
+    first, _ = run(tiny_model_dir, tiny_data, tmp_path / "one", adapter_out, prediction_cache=str(cache))
+    assert first.read_bytes() == reference[0].read_bytes() and ran == [("base", ROWS), ("tuned", ROWS)]
+    assert len(list(cache.glob("*.jsonl"))) == 2  # one file per model
+
+    data = tmp_path / "data"  # a corrected reference changes no prediction: the base rows are still reused
+    shutil.copytree(tiny_data, data)
+    rows = read(data / "test.jsonl")
+    rows[3]["target"] = "(가정 살펴보기) 고친 참조 질문인가요?"
+    write_jsonl(data / "test.jsonl", rows)
+    candidate = ModelConfig(source=str(tiny_model_dir), adapter=str(two_adapters["b"]))
+    ran.clear()
+    second, summary = run(tiny_model_dir, data, tmp_path / "two", None, model=candidate,
+                          data=DataConfig(source=str(data)), prediction_cache=str(cache))
+    assert ran == [("tuned", ROWS)]
+    models = json.loads(summary.read_text())["models"]
+    assert (models["base"]["generated_rows"], models["base"]["cached_rows"], models["tuned"]["generated_rows"]) == (
+        0, ROWS, ROWS)
+    uncached, _ = run(tiny_model_dir, data, tmp_path / "three", None, model=candidate,
+                      data=DataConfig(source=str(data)))
+    assert second.read_bytes() == uncached.read_bytes()
+    assert read(second)[3]["reference"] == rows[3]["target"]
+
+    ran.clear()  # another decoding: new keys, both models generated
+    run(tiny_model_dir, tiny_data, tmp_path / "four", adapter_out, max_new_tokens=6, prediction_cache=str(cache))
+    assert ran == [("base", ROWS), ("tuned", ROWS)] and len(list(cache.glob("*.jsonl"))) == 5
+
+    for path in cache.glob("*.jsonl"):  # every file loses a row: none is trusted, all rows generated again
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[1:]))
+    ran.clear()
+    again, _ = run(tiny_model_dir, tiny_data, tmp_path / "five", adapter_out, prediction_cache=str(cache))
+    assert ran == [("base", ROWS), ("tuned", ROWS)] and again.read_bytes() == reference[0].read_bytes()
+    ran.clear()  # and kept whole again
+    run(tiny_model_dir, tiny_data, tmp_path / "six", adapter_out, prediction_cache=str(cache))
+    assert ran == []

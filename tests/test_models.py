@@ -60,10 +60,13 @@ def test_local_model_directory_loads_with_safetensors_only(tiny_model_dir, tmp_p
         models.load_model(ModelConfig(source=str(pickled)), sources.model_source(ModelConfig(source=str(pickled))))
 
 
-def test_local_tokenizer_gives_the_same_ids_and_text_as_autotokenizer(embedded_dir, gemma_tokenizer):
-    """load_tokenizer reads tokenizer.json straight into Rust; AutoTokenizer (the reference) rebuilds a
-    GemmaTokenizer from it. Every sample row, plain and chat, must tokenize and decode the same."""
+def test_local_tokenizer_gives_the_same_ids_and_text_as_autotokenizer(embedded_dir, gemma_tokenizer, tmp_path):
+    """load_tokenizer reads tokenizer.json straight into Rust (without transformers' Python parse of its added
+    tokens); AutoTokenizer (the reference) rebuilds a GemmaTokenizer from it. Every sample row, plain and chat,
+    must tokenize and decode the same, with the same special and added tokens, and save the same files."""
     import copy
+
+    from transformers import TokenizersBackend
 
     from pipeline.prompt import STYLES
 
@@ -71,6 +74,14 @@ def test_local_tokenizer_gives_the_same_ids_and_text_as_autotokenizer(embedded_d
     ours = models.load_tokenizer(cfg, sources.model_source(cfg))
     reference = copy.deepcopy(gemma_tokenizer)
     assert type(ours) is not type(reference)  # otherwise this test compares a loader with itself
+    assert "added_tokens_decoder" not in json.loads((embedded_dir / "tokenizer_config.json").read_text())
+    assert ours.added_tokens_decoder == reference.added_tokens_decoder and len(ours.added_tokens_decoder) > 6000
+    assert ours.all_special_ids == reference.all_special_ids
+    stock = TokenizersBackend.from_pretrained(embedded_dir, padding_side="left")  # with the parse
+    ours.save_pretrained(tmp_path / "ours")
+    stock.save_pretrained(tmp_path / "stock")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ours").iterdir()} == {
+        p.name: p.read_bytes() for p in (tmp_path / "stock").iterdir()}
     ours.chat_template = reference.chat_template = GEMMA_CHAT_TEMPLATE
     rows = [json.loads(line) for split in ("train", "validation", "test")
             for line in (ROOT / "data/sample" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
