@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 
 from eval import metrics
-from eval.report import SCHEMA_VERSION, schema
+from eval.report import SCHEMA_VERSION, check, schema
 from pipeline.errors import ConfigError, DataError
 
 # The report versions this gate reads. 3.1 added metrics and blocks (below) and changed none of 3.0's, so a 3.0
@@ -34,7 +34,7 @@ def load_report(path: Path) -> dict:
                         f"{' and '.join(map(repr, READABLE_VERSIONS))} reports only: rescore it with this version "
                         "(entrypoint.py score)")
     try:
-        jsonschema.validate(report, reader_schema(version))
+        check(report, reader_schema(version))
     except jsonschema.ValidationError as exc:
         where = "/".join(map(str, exc.absolute_path)) or "the top level"
         raise DataError(f"{path} is not a valid report.json ({where}: {exc.message})") from None

@@ -58,14 +58,19 @@ def adapter_weights(out):
     return load_file(out / "train" / "adapter" / "adapter_model.safetensors")
 
 
+# The run both tests share: 12 steps of DDP training, 24 new tokens per row.
+RUN = ("train.max_steps=12", "generate.max_new_tokens=24")
+
+
 @pytest.fixture(scope="module")
 def two_nodes(tiny_model_dir, data_dir, tmp_path_factory):
     """`run` as two single-process "nodes" that meet through a c10d rendezvous on localhost, as the Indexed Job in
-    k8s/job-multinode.yaml starts them: DDP training, generation sharded across both, one merged file."""
+    k8s/job-multinode.yaml starts them: DDP training, generation sharded across both, one merged file. It is also
+    the uninterrupted run the SIGTERM trial ends equal to (two processes either way)."""
     out = tmp_path_factory.mktemp("two-nodes")
     rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                   "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-nodes-test"]
-    command = ["entrypoint.py", "run", *job(tiny_model_dir, data_dir, out, "train.max_steps=6")]
+    command = ["entrypoint.py", "run", *job(tiny_model_dir, data_dir, out, *RUN)]
     nodes = [subprocess.Popen(LAUNCH + rendezvous + command, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for node in nodes:
@@ -76,25 +81,25 @@ def two_nodes(tiny_model_dir, data_dir, tmp_path_factory):
 
 def test_two_nodes_train_generate_and_score_once(two_nodes, tiny_model_dir, data_dir, tmp_path):
     summary = json.loads((two_nodes / "train" / "train_summary.json").read_text())
-    assert summary["steps"] == 6 and summary["trainable_parameters"] == 13_312
+    assert summary["steps"] == 12 and summary["trainable_parameters"] == 13_312
     assert json.loads((two_nodes / "generate" / "generate_summary.json").read_text())["processes"] == 2
     assert sorted(p.name for p in (two_nodes / "generate").glob("predictions*")) == ["predictions.jsonl"]
     assert json.loads((two_nodes / "report.json").read_text())["rows"] == 11
     # One process with the same adapter writes the same bytes.
     single = tmp_path / "single"
     shutil.copytree(two_nodes / "train", single / "train")
-    run([sys.executable, "entrypoint.py", "generate", *job(tiny_model_dir, data_dir, single, "train.max_steps=6")])
+    run([sys.executable, "entrypoint.py", "generate", *job(tiny_model_dir, data_dir, single, *RUN)])
     merged = (two_nodes / "generate" / "predictions.jsonl").read_bytes()
     assert merged.count(b"\n") == 22
     assert merged == (single / "generate" / "predictions.jsonl").read_bytes()
 
 
-def test_sigterm_to_the_launcher_stops_every_rank_at_the_same_step_and_the_rerun_matches(tiny_model_dir, data_dir,
-                                                                                       tmp_path):
+def test_sigterm_to_the_launcher_stops_every_rank_at_the_same_step_and_the_rerun_matches(two_nodes, tiny_model_dir,
+                                                                                       data_dir, tmp_path):
     launch = LAUNCH + ["--standalone", "--nproc-per-node", "2", "entrypoint.py"]
-    out, straight = tmp_path / "interrupted", tmp_path / "straight"
+    out, straight = tmp_path / "interrupted", two_nodes  # the same job, two processes, never stopped
     # A checkpoint every 4 steps, only the newest kept: the rerun's saves delete the checkpoint it resumed from.
-    train = job(tiny_model_dir, data_dir, out, "train.max_steps=12", "train.save_steps=4", "train.save_total_limit=1")
+    train = job(tiny_model_dir, data_dir, out, *RUN, "train.save_steps=4", "train.save_total_limit=1")
     log = out / "job.log"
     process = subprocess.Popen(launch + ["train", *train], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -113,12 +118,11 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_the_same_step_and_the_rerun
     summary = json.loads((out / "train" / "train_summary.json").read_text())
     assert summary["steps"] == 12 and summary["resumed_from"].endswith(f"checkpoint-{stopped_at}")
     assert not checkpoints[0].exists()  # rotated away before the end, and the run finished all the same
-    run(launch + ["train", *job(tiny_model_dir, data_dir, straight, "train.max_steps=12")])
     a, b = adapter_weights(out), adapter_weights(straight)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     # Generation: each rank flushes its finished rows and stops; the rerun resumes both shards.
-    generate = job(tiny_model_dir, data_dir, out, "train.max_steps=12", "generate.max_new_tokens=24")
+    generate = job(tiny_model_dir, data_dir, out, *RUN)
     process = subprocess.Popen(launch + ["generate", *generate], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     shards = lambda: list((out / "generate").glob("predictions.rank*-of-2.jsonl"))  # noqa: E731
@@ -130,8 +134,6 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_the_same_step_and_the_rerun
     assert 2 <= kept < 44 and not (out / "generate" / "generate_summary.json").exists()
     run(launch + ["generate", *generate])
     assert json.loads((out / "generate" / "generate_summary.json").read_text())["resumed_rows"] == kept
-    run(launch + ["generate", *job(tiny_model_dir, data_dir, straight, "train.max_steps=12",
-                                   "generate.max_new_tokens=24")])
     assert (out / "generate" / "predictions.jsonl").read_bytes() == (
         straight / "generate" / "predictions.jsonl").read_bytes()
 

@@ -161,9 +161,9 @@ def test_run_on_the_embedded_270m_end_to_end_and_stopped_early_then_rerun(embedd
     was rotated away before the end (save_total_limit=1)."""
     def command(out):
         return [sys.executable, "entrypoint.py", "run", "--config", "configs/demo.yaml", f"output.dir={out}",
-                "data.max_train_samples=16", "data.max_validation_samples=4", "data.max_test_samples=6",
-                "train.logging_steps=1", "train.save_steps=2", "train.save_total_limit=1",
-                "generate.max_new_tokens=24", "score.bootstrap_samples=100"]
+                "data.max_train_samples=12", "data.max_validation_samples=4", "data.max_test_samples=4",
+                "train.logging_steps=1", "train.save_steps=1", "train.save_total_limit=1",
+                "generate.max_new_tokens=16", "score.bootstrap_samples=100"]
 
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     result = subprocess.run(command(straight), cwd=ROOT, capture_output=True, text=True, timeout=1200)
@@ -172,7 +172,7 @@ def test_run_on_the_embedded_270m_end_to_end_and_stopped_early_then_rerun(embedd
     validate(report)
     assert report["train"]["trainable_parameters"] == 1_474_560
     assert report["train"]["adapted_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
-    assert report["rows"] == 6 and report["train"]["steps"] == 4
+    assert report["rows"] == 4 and report["train"]["steps"] == 3
     curve = report["train"]["loss_curve"]
     assert curve[-1][1] < curve[0][1]
     assert (straight / "report.md").is_file() and (straight / "report.png").is_file()
@@ -180,13 +180,13 @@ def test_run_on_the_embedded_270m_end_to_end_and_stopped_early_then_rerun(embedd
     process = subprocess.Popen(command(stopped), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = stopped / "job.log"
     deadline = time.monotonic() + 600
-    while not (log.is_file() and "train: step 1/4" in log.read_text(encoding="utf-8")):  # an event, polled
+    while not (log.is_file() and "train: step 1/3" in log.read_text(encoding="utf-8")):  # an event, polled
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first step"
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=600) == 143
     resumed_from = [p.name for p in (stopped / "train" / "checkpoints").glob("checkpoint-*")]
-    assert len(resumed_from) == 1 and int(resumed_from[0].split("-")[1]) < 4
+    assert len(resumed_from) == 1 and int(resumed_from[0].split("-")[1]) < 3
     result = subprocess.run(command(stopped), cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (stopped / "train" / "checkpoints" / resumed_from[0]).exists()
