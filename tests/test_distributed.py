@@ -2,6 +2,7 @@
 torch's c10d rendezvous, and a SIGTERM to the launcher in the middle of training and of generation."""
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -71,7 +72,10 @@ def two_nodes(tiny_model_dir, data_dir, tmp_path_factory):
     rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                   "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-nodes-test"]
     command = ["entrypoint.py", "run", *job(tiny_model_dir, data_dir, out, *RUN)]
-    nodes = [subprocess.Popen(LAUNCH + rendezvous + command, cwd=ROOT,
+    # One thread per process, as torchrun sets for the two processes of one node (the SIGTERM trial's): here both
+    # "nodes" share this machine's cores, and the same thread count makes the same sums, bit for bit.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(LAUNCH + rendezvous + command, cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for node in nodes:
         _, err = node.communicate(timeout=TIMEOUT)
