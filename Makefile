@@ -47,11 +47,16 @@ docs-screenshot: browser
 	mkdir -p docs
 	REPORT_HTML_SCREENSHOT=docs/report-html.png $(PY) -m pytest tests/test_html.py -k report_html_in_chromium -q
 
+# Two worker processes (pytest-xdist), each test file in one of them (module fixtures are built once): most tests use
+# one core at a time. TEST_WORKERS=0 runs in this process (for pdb). PYTHONDONTWRITEBYTECODE is unset for pytest's
+# cache of rewritten test modules (__pycache__/, ignored by git): seconds of every run otherwise.
+TEST_WORKERS ?= 2
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 test: install
-	$(PY) -m pytest --durations=10 $(PYTEST_ARGS)
+	$(PYTEST) --durations=10 $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not model and not slow and not subprocess" $(PYTEST_ARGS)
+	$(PYTEST) -m "not model and not slow and not subprocess" $(PYTEST_ARGS)
 
 demo: install
 	$(PY) entrypoint.py run --config configs/demo.yaml

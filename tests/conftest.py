@@ -10,6 +10,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers (pytest-xdist) on what may be a 2-core machine: one thread each, for torch here
+    # and for the processes a test starts, instead of two each contending for the same cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 
@@ -23,6 +27,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)
+    # The files with the most model, process and slow tests first, each file's tests in their order: the two
+    # workers of `make test` start on the long files, and the short ones fill in at the end, so that one long file
+    # does not start last and run alone.
+    weight = {}
+    for item in items:
+        cost = sum(w for name, w in (("model", 1), ("subprocess", 3), ("slow", 10)) if item.get_closest_marker(name))
+        weight[item.path] = weight.get(item.path, 0) + cost
+    items.sort(key=lambda item: -weight[item.path])
 
 
 def character_embedder(texts):
