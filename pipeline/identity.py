@@ -22,7 +22,8 @@ and token are never part of an identity.
 
 Files are identified by their sha256. Hashing a 2 GB checkpoint takes seconds, so a stat cache in the model cache
 dir (file-hashes.json: path -> size, mtime in ns, inode, sha256) skips files untouched since they were hashed, as
-git's index does; a file rewritten in place gets a new mtime and is hashed again.
+git's index does; a file rewritten in place gets a new mtime and is hashed again. Entries of files that no longer
+exist are dropped whenever the cache is written.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import huggingface_hub
@@ -187,6 +189,9 @@ def file_hashes(paths: list[Path], cache_dir: Path) -> dict[str, str]:
             cache[key], changed = [*seen, file_sha256(path)], True
         found[path.name] = cache[key][3]
     if changed:
+        # Only files that still exist are kept: every adapter or model folder ever hashed (a test's, last month's
+        # run's) would otherwise stay in a file that each stage reads and rewrites whole.
+        cache = {key: entry for key, entry in cache.items() if os.path.exists(key)}
         try:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cache_path, cache)

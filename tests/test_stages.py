@@ -157,3 +157,27 @@ def test_outputs_of_a_version_that_recorded_config_keys_only_are_not_taken_over(
     assert main(job("generate", tiny_model_dir, data_dir, out, adapter)) == 0
     assert (out / "superseded" / "generate-older-version" / "predictions.jsonl").read_bytes() == before
     assert predictions(out) == before  # generated again, from the same inputs
+
+
+def test_the_file_hash_cache_rehashes_a_rewritten_file_and_keeps_only_files_that_exist(tmp_path):
+    """identity.file_hashes: a file rewritten in place (same size, new content) gets its new sha256; an entry of a
+    file that is gone leaves the cache the next time it is written, so the cache does not grow with every folder
+    ever hashed."""
+    import hashlib
+    import os
+
+    from pipeline import identity
+
+    cache, weights, old = tmp_path / "cache", tmp_path / "a" / "weights.bin", tmp_path / "b" / "old.bin"
+    for path, text in ((weights, b"first"), (old, b"other")):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(text)
+    assert identity.file_hashes([weights, old], cache) == {"weights.bin": hashlib.sha256(b"first").hexdigest(),
+                                                           "old.bin": hashlib.sha256(b"other").hexdigest()}
+    assert len(json.loads((cache / "file-hashes.json").read_text())) == 2
+    weights.write_bytes(b"again")  # the same size, rewritten in place
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    old.unlink()
+    assert identity.file_hashes([weights], cache) == {"weights.bin": hashlib.sha256(b"again").hexdigest()}
+    assert list(json.loads((cache / "file-hashes.json").read_text())) == [str(weights.resolve())]
