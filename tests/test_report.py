@@ -260,9 +260,15 @@ def gate(baseline, candidate, *args):
     return main(["compare", "--baseline", str(baseline), "--candidate", str(candidate), *args])
 
 
+@pytest.fixture(scope="module")
+def scored_again(tmp_path_factory):
+    """A second run with the same predictions as `scored`, scored on its own."""
+    return scored_run(tmp_path_factory.mktemp("again"), two_thirds_right)
+
+
 @pytest.mark.parametrize("rule", ["point", "significant", "non-inferior"])
-def test_an_identical_candidate_passes_under_every_rule(scored, tmp_path, capsys, rule):
-    _, candidate = scored_run(tmp_path / "again", two_thirds_right)
+def test_an_identical_candidate_passes_under_every_rule(scored, scored_again, capsys, rule):
+    _, candidate = scored_again
     assert gate(scored[1], candidate, "--max-drop", "rougeL=0,bleu=0,empty_rate=0", "--rule", rule) == 0
     out = capsys.readouterr().out
     assert "REGRESSED" not in out and out.count("[+0.0000, +0.0000]") == 3 and out.count(f" {rule} ") == 3
@@ -401,11 +407,11 @@ def test_a_report_of_another_schema_version_is_refused(scored, tmp_path, capsys)
     assert "no test of base against base" in capsys.readouterr().err
 
 
-def test_baseline_predictions_elsewhere_and_markdown(scored, tmp_path, capsys):
+def test_baseline_predictions_elsewhere_and_markdown(scored, scored_again, tmp_path, capsys):
     """A committed baseline report without its generate/ folder pairs with --baseline-predictions."""
     report = tmp_path / "baseline-report.json"
     report.write_bytes(scored[1].read_bytes())
-    _, candidate = scored_run(tmp_path / "candidate", two_thirds_right)
+    _, candidate = scored_again
     assert gate(report, candidate, "--max-drop", "rougeL=0.01") == 0
     assert "no intervals: the predictions of" in capsys.readouterr().out
     args = ["--max-drop", "rougeL=0.01", "--baseline-predictions", str(scored[0] / "generate/predictions.jsonl"),
