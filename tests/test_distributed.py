@@ -98,6 +98,7 @@ def test_two_nodes_train_generate_and_score_once(two_nodes, tiny_model_dir, data
     assert merged == (single / "generate" / "predictions.jsonl").read_bytes()
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_every_rank_at_the_same_step_and_the_rerun_matches(two_nodes, tiny_model_dir,
                                                                                        data_dir, tmp_path):
     launch = LAUNCH + ["--standalone", "--nproc-per-node", "2", "entrypoint.py"]
