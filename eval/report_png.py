@@ -64,7 +64,7 @@ def turn_crowded_labels(fig: Figure) -> bool:
     """Each panel's x tick labels, where two level neighbours would touch: turned 45 degrees, or upright where even
     turned lines would touch (parallel labels a tick spacing s apart are s * sin(angle) apart across their lines).
     Whether any label was turned."""
-    fig.draw_without_rendering()  # the constrained layout: the labels' extents are those of the saved image
+    fig.get_layout_engine().execute(fig)  # the constrained layout alone: the labels' extents are the saved ones
     turned = False
     for ax in fig.axes:
         labels = [label for label in ax.get_xticklabels() if label.get_text()]

@@ -1,5 +1,5 @@
-"""`compare` beyond the overall gate (whose tests are in test_report.py): the per-question-type gate, the rows that
-regressed between baseline and candidate (summary and compare.html), and reading reports of schema 3.0 and 3.1.
+"""`compare`: the overall gate and its rules, the per-question-type gate, the rows that regressed between baseline
+and candidate (summary and compare.html), and reading reports of schema 3.0 and 3.1.
 
 The reports come from the real score stage over predictions written here (test_report.scored_run); every
 expected number is computed by hand from how the predictions were made: an output equal to its reference has
@@ -18,8 +18,9 @@ import pytest
 from conftest import ROOT, korean_rows
 from entrypoint import main
 from eval import metrics, report_reader, stats
+from eval import report as report_module
 from eval.report_view import signed
-from test_report import scored_run
+from test_report import WRONG, read, scored_run, two_thirds_right
 
 # 100 test rows over five question types of very different sizes (as the real split's range from 35% to < 1%).
 TYPE_ROWS = {"이유와 근거 묻기": 45, "의미 명확히 하기": 35, "함의와 결과 따져보기": 12, "다른 관점 생각하기": 5,
@@ -323,3 +324,183 @@ def test_the_committed_baseline_report_is_readable(capsys):
     out = capsys.readouterr().out
     assert "no intervals: the predictions of" in out  # the candidate's are not beside it
     assert "question type" in out and "+0.0000" in out
+
+
+# --- the overall gate (moved from test_report.py: its score runs are half of that file's time) ----------------
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    return scored_run(tmp_path_factory.mktemp("out"), two_thirds_right)
+
+
+@pytest.fixture(scope="module")
+def scored_again(tmp_path_factory):
+    """A second run with the same predictions as `scored`, scored on its own."""
+    return scored_run(tmp_path_factory.mktemp("again"), two_thirds_right)
+
+
+@pytest.mark.parametrize("rule", ["point", "significant", "non-inferior"])
+def test_an_identical_candidate_passes_under_every_rule(scored, scored_again, capsys, rule):
+    _, candidate = scored_again
+    assert gate(scored[1], candidate, "--max-drop", "rougeL=0,bleu=0,empty_rate=0", "--rule", rule) == 0
+    out = capsys.readouterr().out
+    assert "REGRESSED" not in out and out.count("[+0.0000, +0.0000]") == 3 and out.count(f" {rule} ") == 3
+    assert f"rule: {rule}:" in out and "paired: 40 rows matched by id" in out
+
+
+def test_a_real_drop_fails_under_every_rule_and_noise_only_under_point_and_non_inferior(scored, tmp_path, capsys):
+    _, worse = scored_run(tmp_path / "worse", lambda i, ref: ref if i % 3 == 1 else WRONG)  # a third right
+    for rule in ("point", "significant", "non-inferior"):
+        assert gate(scored[1], worse, "--max-drop", "rougeL=0.01", "--rule", rule) == 1
+        assert "REGRESSED" in capsys.readouterr().out
+    # one row of 40 worse: a drop beyond the limit, but within the noise of 40 rows
+    _, noisy = scored_run(tmp_path / "noisy", lambda i, ref: WRONG if i == 1 else two_thirds_right(i, ref))
+    assert gate(scored[1], noisy, "--max-drop", "rougeL=0.01") == 1  # the default rule enforces the limit as written
+    assert "REGRESSED" in capsys.readouterr().out
+    assert gate(scored[1], noisy, "--max-drop", "rougeL=0.01", "--rule", "significant") == 0
+    assert gate(scored[1], noisy, "--max-drop", "rougeL=0.01", "--rule", "non-inferior") == 1
+    assert gate(scored[1], noisy, "--max-drop", "rougeL=0.01", "--unpaired") == 1
+    assert "no intervals: --unpaired" in capsys.readouterr().out
+    assert gate(scored[1], noisy, "--max-drop", "rougeL=0.01", "--unpaired", "--rule", "significant") == 2
+    assert "needs the paired interval" in capsys.readouterr().err
+
+
+def test_a_rise_of_a_lower_is_better_metric_fails(scored, tmp_path, capsys):
+    _, emptier = scored_run(tmp_path / "emptier", lambda i, ref: "" if i < 20 else two_thirds_right(i, ref))
+    for rule in ("point", "significant", "non-inferior"):
+        assert gate(scored[1], emptier, "--max-drop", "empty_rate=0", "--rule", rule) == 1
+    assert "empty_rate" in capsys.readouterr().out
+    assert gate(scored[1], emptier, "--max-drop", "empty_rate=0", "--unpaired") == 1
+    assert gate(emptier, scored[1], "--max-drop", "empty_rate=0") == 0  # fewer empty rows is no regression
+    assert gate(emptier, scored[1], "--max-drop", "empty_rate=0", "--rule", "non-inferior") == 0
+    assert gate(scored[1], emptier, "--max-drop", "mean_chars=1") == 2
+    assert "no better direction" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["nan", "inf", "-0.1", "x"])
+def test_a_limit_must_be_a_finite_non_negative_number(scored, capsys, limit):
+    assert gate(scored[1], scored[1], "--max-drop", f"rougeL={limit}") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rougeL=" in err
+
+
+def test_a_report_without_a_metric_is_compared_by_name(scored, tmp_path, capsys):
+    """A report made before a metric was added (here: without chrfpp): gating that metric is exit 2 naming it and
+    the report, never a KeyError; any other gate runs, and every table shows "—" for the missing values."""
+    old = read(scored[1])
+    for model in old["metrics"]:
+        del old["metrics"][model]["chrfpp"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert gate(tmp_path / "old.json", scored[1], "--max-drop", "chrfpp=0.5") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "chrfpp is not in the baseline report" in err
+    assert gate(scored[1], tmp_path / "old.json", "--max-drop", "chrfpp=0.5") == 2
+    assert "chrfpp is not in the candidate report" in capsys.readouterr().err
+    tuned = f"{read(scored[1])['metrics']['tuned']['chrfpp']:.4f}"
+    for args in ((), ("--format", "markdown")):
+        assert gate(tmp_path / "old.json", scored[1], "--max-drop", "rougeL=0.5", *args) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert next(line for line in lines if line.strip("| ").startswith("chrfpp")).split() == (
+            ["|", "chrfpp", "|", "—", "|", tuned, "|", "—", "|"] if args else ["chrfpp", "—", tuned, "—"])
+        assert "—" not in next(line for line in lines if line.strip("| ").startswith("rouge1 "))
+    summary = report_module.summary_table(old).splitlines()
+    assert next(line for line in summary if line.startswith("chrfpp")).split() == ["chrfpp", "—", "—"]
+    assert "| chrfpp |" not in report_module.markdown(old)  # a metric no model has is not listed
+    partial = read(scored[1])
+    del partial["metrics"]["tuned"]["chrfpp"]
+    assert f"| chrfpp | {partial['metrics']['base']['chrfpp']:.4f} | — (—) |" in report_module.markdown(partial)
+
+
+def test_the_rules_on_the_committed_baseline_predictions(tmp_path, capsys):
+    """The case that passed the old gate: 24 of the 60 demo rows revert to the base model's output and 3 others
+    improve. The drop is several times the limit, but on 60 rows its 95% interval still reaches zero: the limit
+    as written (point) and non-inferiority fail it; only `significant` lets it through. Identical predictions pass
+    all three."""
+    rows = [json.loads(line) for line in (ROOT / "examples" / "baseline-predictions.jsonl").read_text().splitlines()]
+    base = [r["prediction"] for r in rows if r["model"] == "base"]
+    tuned = [r["prediction"] for r in rows if r["model"] == "tuned"]
+    test = [{"input": r["input"], "target": r["reference"]} for r in rows if r["model"] == "base"]
+    reverted = set(range(0, 48, 2))  # 24 rows
+    improved = {49, 53, 57}
+    candidate_tuned = [test[i]["target"] if i in improved else base[i] if i in reverted else tuned[i]
+                       for i in range(len(test))]
+    settings = {"base": lambda i, ref: base[i], "rows": test, "bootstrap_samples": 1000}
+    _, baseline = scored_run(tmp_path / "baseline", lambda i, ref: tuned[i], **settings)
+    _, candidate = scored_run(tmp_path / "candidate", lambda i, ref: candidate_tuned[i], **settings)
+    before, after = read(baseline)["metrics"]["tuned"]["rougeL"], read(candidate)["metrics"]["tuned"]["rougeL"]
+    limit = 0.01
+    assert before - after > 3 * limit  # several times the limit
+
+    codes = {}
+    for rule in ("point", "significant", "non-inferior"):
+        assert gate(baseline, baseline, "--max-drop", f"rougeL={limit}", "--rule", rule) == 0  # identical
+        capsys.readouterr()
+        codes[rule] = gate(baseline, candidate, "--max-drop", f"rougeL={limit}", "--rule", rule)
+        table = capsys.readouterr().out
+        low, high = map(float, table.split("[", 1)[1].split("]", 1)[0].split(","))
+        assert low < -3 * limit and high >= 0  # the interval still touches zero
+    assert codes == {"point": 1, "significant": 0, "non-inferior": 1}
+
+
+def test_reports_of_different_test_slices_are_refused(scored, tmp_path, capsys):
+    _, fewer = scored_run(tmp_path / "fewer", two_thirds_right, rows=korean_rows(30))
+    assert gate(scored[1], fewer, "--max-drop", "rougeL=0.01") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different test set" in err and "40 rows" in err and "30 rows" in err
+    assert gate(scored[1], fewer, "--max-drop", "rougeL=0.5", "--allow-different-data") == 0
+    out = capsys.readouterr().out
+    assert "allowed by --allow-different-data: different test set" in out
+    assert "no intervals: the reports score different rows" in out
+    assert gate(scored[1], fewer, "--max-drop", "rougeL=0.5", "--allow-different-data", "--rule", "non-inferior") == 2
+
+
+def test_reports_with_different_metric_settings_are_refused(scored, tmp_path, capsys):
+    _, other = scored_run(tmp_path / "char", two_thirds_right, tokenize="char")
+    assert gate(scored[1], other, "--max-drop", "rougeL=0.01") == 2
+    assert "different metric settings" in capsys.readouterr().err
+
+
+def test_a_report_of_another_schema_version_is_refused(scored, tmp_path, capsys):
+    old = read(scored[1])
+    old["schema_version"] = "1.0"
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert gate(tmp_path / "old.json", scored[1], "--max-drop", "rougeL=0.01") == 2
+    assert "schema version '1.0'" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert gate(tmp_path / "bad.json", scored[1], "--max-drop", "rougeL=0.01") == 2
+    capsys.readouterr()
+    del old["test_set"]
+    old["schema_version"] = report_module.SCHEMA_VERSION
+    (tmp_path / "partial.json").write_text(json.dumps(old))
+    assert gate(tmp_path / "partial.json", scored[1], "--max-drop", "rougeL=0.01") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a valid report.json" in err and "test_set" in err
+    assert gate(scored[1], scored[1], "--max-drop", "rougeL=0.01", "--model", "base", "--require-improvement") == 2
+    assert "no test of base against base" in capsys.readouterr().err
+
+
+def test_baseline_predictions_elsewhere_and_markdown(scored, scored_again, tmp_path, capsys):
+    """A committed baseline report without its generate/ folder pairs with --baseline-predictions."""
+    report = tmp_path / "baseline-report.json"
+    report.write_bytes(scored[1].read_bytes())
+    _, candidate = scored_again
+    assert gate(report, candidate, "--max-drop", "rougeL=0.01") == 0
+    assert "no intervals: the predictions of" in capsys.readouterr().out
+    args = ["--max-drop", "rougeL=0.01", "--baseline-predictions", str(scored[0] / "generate/predictions.jsonl"),
+            "--format", "markdown", "--require-improvement"]
+    assert gate(report, candidate, *args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| check | baseline | candidate |") and "| rougeL drop |" in out
+    assert "rougeL vs base" in out and "**PASSED**" in out and "- paired: 40 rows matched by id" in out
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text((scored[0] / "generate/predictions.jsonl").read_text().replace(WRONG, "다른"))
+    assert gate(report, candidate, "--max-drop", "rougeL=0.01", "--baseline-predictions", str(tampered)) == 2
+
+
+def test_require_improvement_needs_significance(scored, tmp_path, capsys):
+    _, same = scored_run(tmp_path / "no-gain", lambda i, ref: WRONG)
+    assert gate(same, same, "--max-drop", "rougeL=0.01") == 0
+    assert gate(same, same, "--max-drop", "rougeL=0.01", "--require-improvement") == 1
+    assert "FAILED" in capsys.readouterr().out
+    assert gate(same, same, "--max-drop", "rouge_typo=0.01") == 2
+    assert "unknown metric 'rouge_typo'" in capsys.readouterr().err
