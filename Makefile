@@ -1,6 +1,6 @@
 # make demo   - install, then train -> generate -> score on the embedded default (README's first command)
 # make test   - install, then the whole test suite (what CI runs), listing the ten slowest tests
-# make test-fast - the inner loop: every test that needs no model and starts no process (about 30 s on 2 cores)
+# make test-fast - the inner loop: every test that needs no model and starts no process (about 25 s on 2 cores)
 # make install - .venv with pinned versions (constraints.txt, shared with the Dockerfile)
 # make browser - install, plus the browser test's Playwright, system Chromium and Korean font (apt-get)
 # make docs-screenshot - docs/report-html.png, the README's picture of report.html, from that browser test
