@@ -4,6 +4,7 @@ flight. generate.batch_size=auto starts at generate.max_batch_size and halves it
 (accelerate's find_executable_batch_size), keeping the rows already written.
 
     stats = run_model(model, tokenizer, name, todo, work, out, received)
+    append_flushed(out, lines)     # lines of predictions.jsonl (decode.prediction_line), written and fsynced
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import batch_size
-from pipeline.decode import Decoding, decode_batch, decode_row
+from pipeline.decode import Decoding, decode_batch, decode_row, decoder, prediction_line
 from pipeline.errors import Interrupted, ResourceError, first_line, is_out_of_memory
-from pipeline.predictions import prediction_line
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def run_model(model, tokenizer, name: str, todo: list[int], work: Work, out, rec
         bar.close()
     elapsed = time.perf_counter() - started
     log.info("generate %s: %d rows, %d new tokens in %.1f s", name, counts["rows"], counts["tokens"], elapsed)
-    return {"generated_rows": counts["rows"], "batch_size": used, "seconds": round(elapsed, 2),
+    return {"generated_rows": counts["rows"], "decoder": decoder(model, work.decoding), "batch_size": used,
+            "seconds": round(elapsed, 2),
             "rows_per_second": round(counts["rows"] / elapsed, 3),
             "tokens_per_second": round(counts["tokens"] / elapsed, 2)}
 

@@ -1,6 +1,7 @@
 """Decoding for the generate stage: a batch of prompts in, each row's new token ids out; and where a row stops.
 
     decode_batch(model, tokenizer, prompts, decoding) -> [[ids]]      decode_row(tokenizer, ids, decoding) -> record
+    prediction_line(test_row, model_name, record) -> the row's line of predictions.jsonl
 
 Which decoder runs is decided in one place, decoder(), per device and family, from generate.decoder (auto unless
 set): on a CPU, greedy decoding of a model whose family spec has `fast_decode` (pipeline/families.py) runs our own
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from dataclasses import dataclass
 
 import torch
@@ -108,6 +110,12 @@ def decode_row(tokenizer, generated: list[int], decoding: Decoding) -> dict:
     stopped = cut is not None or (length > 0 and generated[length - 1] in decoding.stop_ids)
     return {"prediction": (text if cut is None else text[:cut]).strip(), "raw": raw, "new_tokens": length,
             "hit_max_new_tokens": not stopped and length >= decoding.max_new_tokens}
+
+
+def prediction_line(row: dict, name: str, record: dict) -> str:
+    """The line of predictions.jsonl for test `row` and model `name` whose decoding gave `record` (decode_row)."""
+    return json.dumps({"id": row["id"], "model": name, "input": row["input"], "reference": row["target"], **record},
+                      ensure_ascii=False) + "\n"
 
 
 def stop_index(text: str, stop_strings: tuple[str, ...]) -> int | None:

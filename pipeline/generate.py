@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 
 from pipeline import adapters as adapters_module
-from pipeline import attention, data, decode, identity, models, sources
-from pipeline.batches import Work, append_flushed, run_model
+from pipeline import attention, data, identity, models, sources
+from pipeline.batches import Work, run_model
 from pipeline.config import Config
 from pipeline.errors import Interrupted
 from pipeline.prediction_cache import PredictionCache
-from pipeline.predictions import merge_predictions, prediction_line, read_done, summarize
+from pipeline.predictions import merge_predictions, read_done, summarize
 from pipeline.runtime import peak_memory, process_state
 from pipeline.signals import stop_on_signal
 from pipeline.stage import StageRecord
@@ -52,7 +52,8 @@ def generate(cfg: Config, output_dir: Path) -> Path:
     state = process_state()  # one process, or one of N under torchrun
 
     # --- setup: everything checked before the first row is generated ----------------------------------------
-    test = data.sample_split(cfg.data, "test", sources.hf_token(cfg.model))
+    token = sources.hf_token(cfg.model)  # for a Hub dataset (the model's source resolves its own)
+    test = data.sample_split(cfg.data, "test", token)
     test_inputs = data.fingerprint(test, data.INPUT_FIELDS)  # generation never reads a reference
     with state.local_main_process_first():  # one process per node converts the embedded model
         source = sources.model_source(cfg.model)
@@ -79,8 +80,9 @@ def generate(cfg: Config, output_dir: Path) -> Path:
     done = read_done(stage_dir, shard_path)  # whatever process count wrote them
     state.wait_for_everyone()  # every process has read the files before any appends to its own
     mine = range(state.process_index, len(test), state.num_processes)
-    kept = PredictionCache(Path(cfg.generate.prediction_cache).expanduser(), cfg, test_inputs, model_id,
-                           state.device, model.dtype) if cfg.generate.prediction_cache else None
+    kept = PredictionCache(Path(cfg.generate.prediction_cache).expanduser(), record.inputs, state.device,
+                           model.dtype) if cfg.generate.prediction_cache else None
+    reused = kept.fill(shard_path, [test[i] for i in mine], done) if kept else {}  # added to `done`
 
     # --- generate: the base model, then each adapter merged into the same weights -----------------------------
     per_model, names = {}, ["base"] + [a.name for a in adapters]
@@ -89,26 +91,22 @@ def generate(cfg: Config, output_dir: Path) -> Path:
             name = adapter.name if adapter else "base"
             todo = [i for i in mine if (test[i]["id"], name) not in done]
             if not todo:
-                per_model[name] = {"generated_rows": 0}
-                continue
-            cached = kept.load(name, found.get(name), [test[i]["id"] for i in todo]) if kept else None
-            if cached is not None:  # this model's rows from an earlier run with the same inputs
-                append_flushed(out, [prediction_line(test[i], name, cached[test[i]["id"]]) for i in todo])
-                per_model[name] = {"generated_rows": 0, "cached_rows": len(todo)}
+                per_model[name] = {"generated_rows": 0, **({"cached_rows": reused[name]} if name in reused else {})}
                 continue
             with adapters_module.applied(model, adapter) as current:  # merged into the same weights, or base
                 per_model[name] = run_model(current, tokenizer, name, todo, work, out, received)
             if work.batch_size == "auto":  # the next model starts from the size that fit
                 work = dataclasses.replace(work, max_batch_size=per_model[name]["batch_size"])
         out.close()
-        used = decode.decoder(model, work.decoding)  # the loop only for a family with it (pipeline/families.py)
+        # the loop only for a family with it (pipeline/families.py); none when every row was resumed or reused
+        used = next((stats["decoder"] for stats in per_model.values() if "decoder" in stats), None)
         state.wait_for_everyone()
         # --- save: the files merged in the original order, then the summary (its presence marks the end) ------
         if state.is_main_process:
             rows = merge_predictions(predictions_path, [row["id"] for row in test], names)
             models_summary = summarize(rows, per_model, names)
-            for name in [name for name in names if kept and "cached_rows" not in per_model[name]]:
-                kept.save(name, found.get(name), [row for row in rows if row["model"] == name])
+            if kept:
+                kept.keep(rows, skip=reused)
             record.finish({
                 "rows": len(test), "models": models_summary,
                 "processes": state.num_processes, "device": state.device.type,
@@ -120,8 +118,8 @@ def generate(cfg: Config, output_dir: Path) -> Path:
                 "batch_size_setting": cfg.generate.batch_size, "wall_seconds": round(time.perf_counter() - started, 1),
                 "peak_memory": peak_memory()})
             log.info("generate: %d rows x %d models of %s (model type %s) in %.0f s with the %s -> %s", len(test),
-                     len(names), cfg.model.source, model.config.model_type, time.perf_counter() - started, used,
-                     predictions_path)
+                     len(names), cfg.model.source, model.config.model_type, time.perf_counter() - started,
+                     used or "rows of earlier runs only", predictions_path)
         state.wait_for_everyone()
     if received:  # it came after the last batch (merging, saving): the stage is done, the run stops here
         raise Interrupted(received[0], "stopped after the generate stage finished: rerun the same command to continue")

@@ -2,17 +2,17 @@
 are the same for every adapter gated against it: a CI job that keeps this folder (generate.prediction_cache)
 between runs generates only the rows of the adapter under test.
 
-    cache = PredictionCache(folder, cfg, test_inputs, model_id, device, dtype)
-    records = cache.load(name, adapter_identity)        # {id: generated record} for every test row, or None
-    cache.save(name, adapter_identity, rows)            # a model it generated, once the stage merged its rows
+    cache = PredictionCache(folder, stage_inputs, device, dtype)  # the generate stage's inputs
+    reused = cache.fill(own_file, rows, done)    # each model whose file holds every row: its rows written, in `done`
+    cache.keep(merged_rows, skip=reused)         # each model generated here, once the stage merged its rows
 
 A model's key is what the generate stage's inputs hold for that model alone (its config keys, the test ids and
-inputs, the base model, the prompt, the adapter: pipeline/identity.generate_inputs), plus what a stage directory
+inputs, the base model, the prompt, its adapter: pipeline/identity.generate_inputs), plus what a stage directory
 never leaves but a cache shared by machines does: the packages that compute the tokens, the device, its CPU
-instruction set or GPU, the dtype, and the code that turns a prompt into tokens (pipeline/GENERATION_CODE). A
-row is stored without its input and reference: they are taken from the current test rows, so a reused row is the
-line a new generation would write. A missing, torn or partial file is regenerated; a folder that cannot be
-written only costs the generation next time.
+instruction set or GPU, the dtype, and the code that turns a prompt into tokens (GENERATION_CODE). A row is stored
+without its input and reference: they are taken from the current test rows, so a reused row is the line a new
+generation would write. A missing, unreadable or partial file is generated again and rewritten; a folder that
+cannot be written only costs the generation next time.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from pipeline import identity
 from pipeline.atomic import write_text_atomic
-from pipeline.config import Config
+from pipeline.batches import append_flushed
+from pipeline.decode import prediction_line
 from pipeline.runtime import package_versions
 from pipeline.stage import inputs_hash
 
@@ -37,27 +38,56 @@ ROW_FIELDS = ("id", "model", "input", "reference")
 
 
 class PredictionCache:
-    def __init__(self, folder: Path, cfg: Config, test_inputs: dict, model_id: dict, device, dtype):
+    def __init__(self, folder: Path, stage_inputs: dict, device, dtype):
         import torch
 
-        self.folder, self.cfg, self.test_inputs, self.model_id = Path(folder), cfg, test_inputs, model_id
         packages = package_versions()
-        self.engine = {
+        engine = {
             "packages": {name: packages[name] for name in ("python", "torch", "transformers", "peft")},
             "device": device.type, "dtype": str(dtype).removeprefix("torch."),
             "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
             else torch.backends.cpu.get_cpu_capability(),
             "code": identity.code_identity([Path(__file__).with_name(name) for name in GENERATION_CODE]),
         }
+        # Each model's inputs alone: the base model's without adapters, an adapter's with it alone, under one name
+        # (the same adapter is "tuned" in one run and "candidate" in another).
+        adapters = stage_inputs["adapters"]
+        each_model = {name: {**stage_inputs, "adapters": {"model": adapters[name]} if name in adapters else {}}
+                      for name in ["base", *adapters]}
+        self.paths = {name: Path(folder) / f"{inputs_hash({**inputs, 'engine': engine})}.jsonl"
+                      for name, inputs in each_model.items()}
 
-    def path(self, adapter_identity: dict | None) -> Path:
-        adapters = {"model": adapter_identity} if adapter_identity else {}
-        inputs = identity.generate_inputs(self.cfg, self.test_inputs, self.model_id, adapters)
-        return self.folder / f"{inputs_hash({**inputs, 'engine': self.engine})}.jsonl"
+    def fill(self, own: Path, rows: list[dict], done: set[tuple[str, str]]) -> dict[str, int]:
+        """Appends to `own` the rows of every model whose file holds all of `rows` and that are not in `done`;
+        {model: rows written}. They are added to `done`."""
+        reused = {}
+        for name, path in self.paths.items():
+            todo = [row for row in rows if (row["id"], name) not in done]
+            records = self._load(name, path, [row["id"] for row in todo]) if todo else None
+            if records is None:
+                continue
+            with own.open("a", encoding="utf-8") as out:
+                append_flushed(out, [prediction_line(row, name, records[row["id"]]) for row in todo])
+            done.update((row["id"], name) for row in todo)
+            reused[name] = len(todo)
+        return reused
 
-    def load(self, name: str, adapter_identity: dict | None, ids: list[str]) -> dict[str, dict] | None:
+    def keep(self, rows: list[dict], skip: dict[str, int]) -> None:
+        """Writes each model's merged rows to its file, but those of the models in `skip` (reused from there)."""
+        for name, path in self.paths.items():
+            if name in skip:
+                continue
+            mine = [{k: v for k, v in row.items() if k not in ROW_FIELDS[1:]} for row in rows if row["model"] == name]
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in mine))
+                log.info("generate %s: %d rows kept in the prediction cache %s", name, len(mine), path)
+            except Exception as exc:  # noqa: BLE001 - a cache that cannot be written only costs generating again
+                log.warning("generate %s: cannot write the prediction cache %s: %s", name, path, exc)
+
+    @staticmethod
+    def _load(name: str, path: Path, ids: list[str]) -> dict[str, dict] | None:
         """{id: the model's generated record} for every one of `ids`, or None (no complete file for this key)."""
-        path = self.path(adapter_identity)
         try:
             records = {row["id"]: {k: v for k, v in row.items() if k not in ROW_FIELDS}
                        for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
@@ -71,13 +101,3 @@ class PredictionCache:
             return None
         log.info("generate %s: %d rows reused from the prediction cache %s", name, len(ids), path)
         return records
-
-    def save(self, name: str, adapter_identity: dict | None, rows: list[dict]) -> None:
-        path = self.path(adapter_identity)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(path, "".join(json.dumps({k: v for k, v in row.items() if k not in ROW_FIELDS[1:]},
-                                                       ensure_ascii=False) + "\n" for row in rows))
-            log.info("generate %s: %d rows kept in the prediction cache %s", name, len(rows), path)
-        except Exception as exc:  # noqa: BLE001 - a cache that cannot be written only costs generating again
-            log.warning("generate %s: cannot write the prediction cache %s: %s", name, path, exc)

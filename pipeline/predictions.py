@@ -4,7 +4,6 @@ line left by a hard kill counts as not written), and the merge into one file in 
 that an interrupted-and-resumed run ends with the same bytes as an uninterrupted one.
 
     done = read_done(stage_dir, own_file)       rows = merge_predictions(path, ids, names)
-    prediction_line(row, name, record)          -> one row of the file: the test row's id, input and reference
     summarize(rows, per_model, names) -> per model: rows, hit-max rate, mean new tokens, and this run's rates
 """
 
@@ -18,12 +17,6 @@ from pipeline.atomic import write_text_atomic
 from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-def prediction_line(row: dict, name: str, record: dict) -> str:
-    """The line of test `row` for model `name` whose generation gave `record` (pipeline/decode.decode_row)."""
-    return json.dumps({"id": row["id"], "model": name, "input": row["input"], "reference": row["target"], **record},
-                      ensure_ascii=False) + "\n"
 
 
 def read_done(stage_dir: Path, own: Path) -> set[tuple[str, str]]:

@@ -483,5 +483,6 @@ def test_a_prediction_cache_reuses_a_models_rows_and_a_run_ends_with_the_same_by
     again, _ = run(tiny_model_dir, tiny_data, tmp_path / "five", adapter_out, prediction_cache=str(cache))
     assert ran == [("base", ROWS), ("tuned", ROWS)] and again.read_bytes() == reference[0].read_bytes()
     ran.clear()  # and kept whole again
-    run(tiny_model_dir, tiny_data, tmp_path / "six", adapter_out, prediction_cache=str(cache))
-    assert ran == []
+    six, summary = run(tiny_model_dir, tiny_data, tmp_path / "six", adapter_out, prediction_cache=str(cache))
+    assert ran == [] and six.read_bytes() == reference[0].read_bytes()
+    assert json.loads(summary.read_text())["decoder"] is None  # no row was decoded in this run
